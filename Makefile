@@ -1,0 +1,40 @@
+# Two commands: `make study` (the default study) and `make test` (the test suite).
+# Both create .venv and install the pinned stack on first use; re-running is cheap.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.pda-installed
+PARAMS ?= parameters/default.yaml
+WORKERS ?= 0
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
+
+.PHONY: setup study smoke test lab plan clean-outputs
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch first and pinned: the CPU wheel; an unpinned torch pulls gigabytes of CUDA.
+	$(PY) -m pip install torch==2.13.0
+	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install --no-deps --no-build-isolation -e .
+	$(PY) -m ipykernel install --sys-prefix --name pda --display-name "pda (.venv)"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+study: setup
+	$(PY) -m pda study $(PARAMS) --workers $(WORKERS)
+
+smoke: setup
+	$(PY) -m pda study parameters/smoke.yaml
+
+plan: setup
+	$(PY) -m pda plan $(PARAMS)
+
+test: setup
+	$(PY) -m pytest tests notebooks --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
+
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks $(ROOT_FLAG)
+
+clean-outputs:
+	rm -rf outputs/runs outputs/figures outputs/notebooks outputs/report.md outputs/smoke

@@ -1,0 +1,39 @@
+"""Houlsby bottleneck adapters through the `adapters` library: insertion, freezing, bookkeeping."""
+
+from __future__ import annotations
+
+import adapters
+from adapters import SeqBnConfig
+from transformers import PreTrainedModel
+
+from pda.config import AdapterConfig
+
+ADAPTER_NAME = "pda"
+
+
+def adapter_settings(cfg: AdapterConfig) -> SeqBnConfig:
+    """The library's named config (``double_seq_bn`` = Houlsby) with our reduction factor."""
+    base = adapters.AdapterConfig.load(cfg.config)
+    return base.replace(reduction_factor=cfg.reduction_factor)
+
+
+def add_adapters(model: PreTrainedModel, cfg: AdapterConfig, name: str = ADAPTER_NAME) -> PreTrainedModel:
+    """Insert adapters, activate them and freeze everything but adapters and the task head.
+
+    The head must train (it is new for the task); `train_adapter` leaves it trainable, and
+    we re-assert that so a later structural change cannot silently freeze or unfreeze it.
+    """
+    if not hasattr(model, "adapters_config"):
+        adapters.init(model)
+    model.add_adapter(name, config=adapter_settings(cfg), overwrite_ok=True)
+    model.set_active_adapters(name)
+    freeze_for_adapters(model, name)
+    model.config.pda_adapter = {"name": name, "config": adapter_settings(cfg).to_dict()}
+    return model
+
+
+def freeze_for_adapters(model: PreTrainedModel, name: str = ADAPTER_NAME) -> None:
+    """Only adapter weights and the classification head train; call again after pruning makes new layers."""
+    model.train_adapter(name)
+    for pname, param in model.named_parameters():
+        param.requires_grad = ("adapters." in pname and f".{name}." in pname) or pname.startswith("classifier.")

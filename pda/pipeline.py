@@ -1,0 +1,246 @@
+"""One run end to end: build the scenario's model, train it, export, measure, and write its record."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import platform
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+
+from pda import adapters as pda_adapters
+from pda import checkpoint, distill, measure
+from pda.config import RunConfig, for_run
+from pda.data import load_split, subsample, tokenize
+from pda.metrics import predictions_from_logits, task_metrics
+from pda.models import load_pretrained_for_task, load_tokenizer, resolve_model_source
+from pda.records import RunRecord, atomic_write_text, read_record, write_record
+from pda.runs import MODEL_DIR, RunSpec, dependencies, is_done, parent_of, run_dir, teacher_of
+from pda.tasks import TaskSpec, get_task
+from pda.train import History, fit, make_loader, model_inputs, pick_device, predict, seed_everything, task_loss
+
+
+def configure_environment(online: bool) -> None:
+    """Offline unless asked: a hub miss otherwise costs ~23 s of retries per call."""
+    if not online:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    transformers.logging.set_verbosity_error()
+
+
+@dataclasses.dataclass
+class TaskData:
+    """Tokenised train split and one loader per dev split."""
+
+    task: TaskSpec
+    train: Any
+    dev: dict[str, Any]
+    tokenizer: Any
+
+
+def prepare_data(cfg: RunConfig, tokenizer) -> TaskData:
+    study, task = cfg.study, get_task(cfg.task)
+    data_dir = Path(study.data_dir) if study.data_dir else None
+    train = subsample(load_split(task, "train", data_dir), study.max_train_samples, study.data_seed)
+    dev = {s: subsample(load_split(task, s, data_dir), study.max_eval_samples, study.data_seed)
+           for s in task.dev_splits}
+    tok = lambda ds: tokenize(ds, task, tokenizer, study.max_seq_length)  # noqa: E731
+    return TaskData(task, tok(train), {s: tok(ds) for s, ds in dev.items()}, tokenizer)
+
+
+def evaluate(model: torch.nn.Module, data: TaskData, batch_size: int, device: torch.device) -> dict[str, float]:
+    """GLUE metrics of ``model`` on every dev split of the task."""
+    per_split = {}
+    for split, ds in data.dev.items():
+        logits, labels = predict(model, make_loader(ds, data.tokenizer, batch_size, False, 0), device)
+        per_split[split] = (predictions_from_logits(data.task, logits), labels)
+    return task_metrics(data.task, per_split)
+
+
+def distill_loss(teacher: torch.nn.Module, data: TaskData, cfg: RunConfig, device: torch.device):
+    """Student loss = alpha * T^2 * KL(teacher || student at temperature T) + (1 - alpha) * task loss."""
+    d = cfg.study.distill
+    cache = None
+    if d.cache_teacher_logits:
+        rows = max(int(i) for i in data.train["idx"]) + 1
+        cache = distill.TeacherLogitCache(rows, data.task.num_labels).fill(
+            teacher.to(device), make_loader(data.train, data.tokenizer, cfg.study.training.eval_batch_size, False, 0))
+
+    def loss_fn(model, batch):
+        logits = model(**model_inputs(batch, device)).logits
+        if cache is not None:
+            t_logits = cache.get(batch["idx"]).to(device)
+        else:
+            with torch.no_grad():
+                t_logits = teacher(**model_inputs(batch, device)).logits
+        loss = distill.kd_loss(logits, t_logits, batch["labels"].to(device), d.temperature, d.alpha,
+                               data.task.is_regression)
+        logs = {}
+        if not data.task.is_regression:
+            logs["teacher_agreement"] = float((logits.argmax(-1) == t_logits.argmax(-1)).float().mean())
+        return loss, logs
+
+    return loss_fn
+
+
+def load_run_model(cfg: RunConfig, spec: RunSpec) -> torch.nn.Module:
+    """The saved model of a finished run this run depends on (its teacher or parent)."""
+    rid = spec.run_id
+    if not is_done(cfg.study, rid):
+        raise FileNotFoundError(f"run {cfg.task}/{cfg.scenario} needs run {rid!r} first; "
+                                f"expected {run_dir(cfg.study, rid)}/result.json (run the study, which orders them)")
+    return checkpoint.load_model(run_dir(cfg.study, rid) / MODEL_DIR)
+
+
+def run_spec(cfg: RunConfig) -> RunSpec:
+    return RunSpec(cfg.task, cfg.scenario, cfg.sparsity, cfg.seed)
+
+
+def build_model(cfg: RunConfig, data: TaskData) -> tuple[torch.nn.Module, torch.nn.Module | None, float]:
+    """The model this scenario trains, the teacher it distils from (or None), and its learning rate."""
+    flags, study, spec = cfg.flags, cfg.study, run_spec(cfg)
+    teacher = None
+    if flags["distill"]:
+        teacher = load_run_model(cfg, teacher_of(spec))
+        teacher.eval().requires_grad_(False)
+    if flags["prune"] and flags["distill"]:
+        model = load_run_model(cfg, parent_of(spec))  # the distilled student
+    elif flags["distill"]:
+        layers = distill.resolve_student_layers(study.distill.student_layers, teacher.config.num_hidden_layers)
+        model = distill.make_student(teacher, layers)
+    elif flags["prune"]:
+        model = load_run_model(cfg, teacher_of(spec))
+    else:
+        model = load_pretrained_for_task(study.model, data.task)
+    model.requires_grad_(True)
+    lr = study.training.learning_rate
+    if flags["adapters"]:
+        pda_adapters.add_adapters(model, study.adapters)
+        lr = study.adapters.learning_rate
+    elif not flags["finetune"]:  # base: a linear probe on the untouched encoder
+        for name, param in model.named_parameters():
+            param.requires_grad = name.startswith("classifier.")
+        lr = study.adapters.learning_rate
+    return model, teacher, lr
+
+
+def environment_info(device: torch.device, precision: str) -> dict[str, Any]:
+    name = measure.device_name(device)
+    return {
+        "device": device.type, "device_name": name, "torch_threads": torch.get_num_threads(),
+        "precision": precision, "torch": torch.__version__, "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def run(cfg: RunConfig, with_dependencies: bool = False) -> RunRecord:
+    """Train, export, measure and record one run; the record is written last, atomically.
+
+    With ``with_dependencies`` a missing teacher (or distilled parent) is run first, so a
+    reader can execute any scenario notebook on its own; a study orders them anyway.
+    """
+    study = cfg.study
+    if with_dependencies:
+        for dep in dependencies(run_spec(cfg)):
+            if not is_done(study, dep.run_id):
+                run(for_run(study, dep.task, dep.scenario, dep.sparsity, dep.seed), with_dependencies=True)
+    configure_environment(study.online)
+    if study.torch_threads:
+        torch.set_num_threads(study.torch_threads)
+    device = pick_device(study.device)
+    seed_everything(cfg.seed)
+    spec = run_spec(cfg)
+    out = run_dir(study, spec.run_id)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = load_tokenizer(study.model)
+    data = prepare_data(cfg, tokenizer)
+    t = study.training
+    model, teacher, lr = build_model(cfg, data)
+    loss_fn = distill_loss(teacher, data, cfg, device) if teacher is not None else task_loss(data.task.is_regression)
+    loader = make_loader(data.train, tokenizer, t.batch_size, True, cfg.seed)
+    eval_fn = lambda: evaluate(model, data, t.eval_batch_size, device)  # noqa: E731
+    common = dict(device=device, precision=study.precision, weight_decay=t.weight_decay,
+                  warmup_ratio=t.warmup_ratio, max_grad_norm=t.max_grad_norm,
+                  evaluate=eval_fn, eval_every_steps=t.eval_every_steps, log_every_steps=t.log_every_steps)
+    record_extra: dict[str, Any] = {}
+    energy_cm = measure.track_energy if study.measure.energy else None
+    with (energy_cm(out, study.measure.country_iso_code, "train") if energy_cm else nullcontext()) as train_energy:
+        if cfg.flags["prune"]:
+            from pda.prune_run import prune_and_export
+            model, history, record_extra = prune_and_export(model, loader, cfg, lr, loss_fn, common)
+        else:
+            history = fit(model, loader, epochs=t.epochs, learning_rate=lr, loss_fn=loss_fn,
+                          desc=f"{spec.run_id}", **common)
+    model.eval()
+    with (energy_cm(out, study.measure.country_iso_code, "inference") if energy_cm else nullcontext()) as inf_energy:
+        start = time.perf_counter()
+        metrics = evaluate(model, data, t.eval_batch_size, device)
+        eval_time = time.perf_counter() - start
+    model_dir = out / MODEL_DIR
+    checkpoint.save_model(model, model_dir, tokenizer=tokenizer)
+    atomic_write_text(out / "history.json", json.dumps(dataclasses.asdict(history), indent=1) + "\n")
+    reference = load_pretrained_for_task(study.model, data.task)  # the uncompressed architecture
+    sizes = measurements(model, reference, model_dir, study, device)
+    task = data.task
+    record = RunRecord(
+        run_id=spec.run_id, task=cfg.task, scenario=cfg.scenario, sparsity=cfg.sparsity, seed=cfg.seed,
+        prune=cfg.flags["prune"], distill=cfg.flags["distill"], adapters=cfg.flags["adapters"],
+        model=study.model if study.model != "embedded" else f"embedded:{Path(resolve_model_source(study.model)).parent.name}",
+        teacher_run_id=teacher_of(spec).run_id if teacher_of(spec) else None,
+        parent_run_id=parent_of(spec).run_id if parent_of(spec) else None,
+        main_metric=task.main_metric, main_metric_value=metrics.get(task.main_metric), metrics=metrics,
+        train_time_s=round(history.train_time_s, 3), eval_time_s=round(eval_time, 3), train_steps=history.steps,
+        energy={"train": train_energy.to_dict() if train_energy else None,
+                "inference": inf_energy.to_dict() if inf_energy else None},
+        environment=environment_info(device, study.precision),
+        **sizes, **record_extra,
+    )
+    write_record(record, out)
+    return record
+
+
+def measurements(model, reference, model_dir: Path, study, device) -> dict[str, Any]:
+    """Size, FLOPs and speed of the final model next to the uncompressed reference, in one process."""
+    m = study.measure
+    params, ref_params = measure.count_parameters(model), measure.count_parameters(reference)
+    out: dict[str, Any] = {
+        "params": params, "teacher_params": ref_params,
+        "bytes_on_disk": measure.bytes_on_disk(model_dir),
+        "sparsity_achieved": {
+            "encoder": round(1 - params["encoder"] / ref_params["encoder"], 6),
+            "total": round(1 - params["total"] / ref_params["total"], 6),
+        },
+    }
+    if m.flops:
+        ours, theirs = measure.flops_per_example(model, m.seq_len), measure.flops_per_example(reference, m.seq_len)
+        out["flops"] = {"per_example": ours, "teacher_per_example": theirs,
+                        "reduction_bound": round(theirs / ours, 4), "seq_len": m.seq_len}
+    if m.speed:
+        bench = measure.benchmark_latency({"model": model, "teacher": reference}, batch_sizes=tuple(m.batch_sizes),
+                                          seq_len=m.seq_len, warmup=m.warmup, rounds=m.rounds, threads=m.threads)
+        out["speed"] = speed_record(bench, "model", "teacher")
+    return out
+
+
+def speed_record(bench: dict[str, Any], model: str, reference: str) -> dict[str, Any]:
+    """The run record's view of a benchmark: medians, spread and speed-up per batch size."""
+    ratios = measure.speedup(bench, model, reference)
+    by_batch = {}
+    for bs, stats in bench["models"][model].items():
+        ref = bench["models"][reference][bs]
+        by_batch[str(bs)] = {
+            "latency_ms_median": stats["latency_ms_median"], "latency_ms_iqr": stats["latency_ms_iqr"],
+            "throughput_median": stats["throughput_median"],
+            "teacher_latency_ms_median": ref["latency_ms_median"], "teacher_latency_ms_iqr": ref["latency_ms_iqr"],
+            "speedup": round(ratios[bs], 4),
+        }
+    return {"device": bench["device"], "threads": bench["threads"], "seq_len": bench["seq_len"],
+            "warmup": bench["warmup"], "rounds": bench["rounds"], "by_batch": by_batch}

@@ -1,0 +1,112 @@
+"""Run records: the one schema every run writes and the analysis reads.
+
+A run record is the only thing that crosses from a run to the analysis, so its
+fields are explicit here. A value that a run could not measure is ``None``
+(``null`` in JSON), never a made-up number.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+RESULT_FILE = "result.json"
+
+
+@dataclasses.dataclass
+class RunRecord:
+    """Everything one run measured.
+
+    Nested dictionaries keep the JSON readable; their keys are documented here.
+
+    - ``metrics``: every GLUE metric of the task on the dev split, in percent
+      (e.g. ``{"accuracy": 84.1, "f1": 88.0}``; MNLI uses ``accuracy_m``/``accuracy_mm``).
+    - ``params``: ``{"total", "encoder", "embeddings", "trainable"}`` counts of
+      the final (exported) model; ``teacher_params`` the same for the teacher.
+    - ``sparsity_achieved``: ``{"encoder", "total"}`` = 1 - params/teacher params.
+    - ``structure``: ``{"layers": [{"layer", "heads_kept", "num_heads", "mha_kept",
+      "ffn_units_kept", "ffn_size", "ffn_kept"}], "hidden_kept", "hidden_size"}``.
+    - ``speed``: ``{"device", "threads", "seq_len", "rounds", "by_batch":
+      {"1": {"latency_ms_median", "latency_ms_iqr", "throughput_median",
+      "teacher_latency_ms_median", "speedup"}, "32": {...}}}``.
+    - ``flops``: ``{"per_example", "teacher_per_example", "reduction_bound", "seq_len"}``.
+    - ``energy``: ``{"train": {"kwh", "kg_co2eq", "duration_s", "mode", "country_iso_code"},
+      "inference": {...}}`` (CodeCarbon; ``mode`` says how power was obtained).
+    - ``environment``: device name, torch threads, precision, library versions.
+    """
+
+    run_id: str
+    task: str
+    scenario: str
+    prune: bool
+    distill: bool
+    adapters: bool
+    sparsity: float | None
+    seed: int
+    model: str
+    teacher_run_id: str | None = None
+    parent_run_id: str | None = None
+    main_metric: str | None = None
+    main_metric_value: float | None = None
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    params: dict[str, int] = dataclasses.field(default_factory=dict)
+    teacher_params: dict[str, int] | None = None
+    bytes_on_disk: int | None = None
+    teacher_bytes_on_disk: int | None = None
+    sparsity_achieved: dict[str, float] | None = None
+    structure: dict[str, Any] | None = None
+    train_time_s: float | None = None
+    eval_time_s: float | None = None
+    train_steps: int | None = None
+    speed: dict[str, Any] | None = None
+    flops: dict[str, Any] | None = None
+    energy: dict[str, Any] | None = None
+    environment: dict[str, Any] = dataclasses.field(default_factory=dict)
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunRecord":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"run record has unknown fields {unknown}; known fields: {sorted(known)}")
+        return cls(**data)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old file or the new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_record(record: RunRecord, run_dir: Path) -> Path:
+    """Atomically write ``result.json`` into ``run_dir``; its presence marks the run done."""
+    path = Path(run_dir) / RESULT_FILE
+    atomic_write_text(path, json.dumps(record.to_dict(), indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def read_record(run_dir: Path) -> RunRecord:
+    return RunRecord.from_dict(json.loads((Path(run_dir) / RESULT_FILE).read_text(encoding="utf-8")))
+
+
+def read_all_records(runs_dir: Path) -> list[RunRecord]:
+    """Every finished run under ``runs_dir`` (a run is finished when its result.json exists)."""
+    return [read_record(p.parent) for p in sorted(Path(runs_dir).glob(f"*/{RESULT_FILE}"))]

@@ -1,0 +1,183 @@
+"""The one training loop: every scenario is this loop with a different loss and optional extensions."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmup
+
+Batch = dict[str, torch.Tensor]
+LossFn = Callable[[torch.nn.Module, Batch], tuple[torch.Tensor, dict[str, float]]]
+
+
+class LoopExtension(Protocol):
+    """Something that trains alongside the model (e.g. pruning gates and their Lagrangian)."""
+
+    def param_groups(self) -> list[dict[str, Any]]: ...
+
+    def extra_loss(self, step: int, total_steps: int) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+
+@dataclasses.dataclass
+class History:
+    """What happened during training, step by step, for the notebooks' curves."""
+
+    steps: int = 0
+    train_time_s: float = 0.0
+    log: list[dict[str, float]] = dataclasses.field(default_factory=list)
+    evals: list[dict[str, float]] = dataclasses.field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    """Same seed and parameters give the same numbers on CPU."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA without one is an error, not a fallback."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device: cuda was asked for but torch sees no CUDA device; use auto or cpu")
+    return torch.device(name)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    if precision == "fp32":
+        return None
+    if device.type != "cuda":
+        raise ValueError(f"precision={precision!r} is for CUDA training; on {device.type} use fp32")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def make_loader(ds, tokenizer, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
+    """Dynamic padding; a seeded generator makes the shuffle order part of the run's seed."""
+    generator = torch.Generator().manual_seed(seed)
+    collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
+    return DataLoader(ds.with_format("torch"), batch_size=batch_size, shuffle=shuffle,
+                      collate_fn=collate, generator=generator)
+
+
+def model_inputs(batch: Batch, device: torch.device) -> Batch:
+    """Tensors the model's forward takes (``idx`` and ``labels`` stay out)."""
+    return {k: v.to(device) for k, v in batch.items() if k not in ("idx", "labels")}
+
+
+def task_loss(regression: bool) -> LossFn:
+    """Cross-entropy for classification, MSE for regression: the plain fine-tuning objective."""
+
+    def loss_fn(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        device = next(model.parameters()).device
+        logits = model(**model_inputs(batch, device)).logits
+        labels = batch["labels"].to(device)
+        if regression:
+            loss = torch.nn.functional.mse_loss(logits.squeeze(-1), labels.float())
+        else:
+            loss = torch.nn.functional.cross_entropy(logits, labels)
+        return loss, {}
+
+    return loss_fn
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, loader: Iterable[Batch], device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels over a whole loader, in eval mode."""
+    was_training = model.training
+    model.eval()
+    logits, labels = [], []
+    for batch in loader:
+        logits.append(model(**model_inputs(batch, device)).logits.float().cpu())
+        labels.append(batch["labels"])
+    model.train(was_training)
+    return torch.cat(logits).numpy(), torch.cat(labels).numpy()
+
+
+def fit(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    *,
+    epochs: float,
+    learning_rate: float,
+    loss_fn: LossFn,
+    device: torch.device,
+    precision: str = "fp32",
+    weight_decay: float = 0.0,
+    warmup_ratio: float = 0.0,
+    max_grad_norm: float = 1.0,
+    extensions: tuple[LoopExtension, ...] = (),
+    evaluate: Callable[[], dict[str, float]] | None = None,
+    eval_every_steps: int = 0,
+    log_every_steps: int = 10,
+    desc: str = "train",
+) -> History:
+    """Train ``model`` for ``epochs`` (fractions allowed) with AdamW and linear decay.
+
+    Only parameters with ``requires_grad`` train, so freezing (adapters) is decided by the
+    caller. Extensions add parameter groups and a loss term per step (pruning adds gates
+    trained by descent and Lagrange multipliers trained by ascent).
+    """
+    history = History()
+    total_steps = max(1, math.ceil(len(loader) * epochs)) if epochs > 0 else 0
+    if total_steps == 0:
+        return history
+    model.to(device).train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError("nothing to train: every parameter of the model is frozen")
+    groups = [{"params": trainable, "lr": learning_rate, "weight_decay": weight_decay}]
+    optimizer = torch.optim.AdamW(groups)
+    ext_optimizers = []
+    for ext in extensions:
+        for group in ext.param_groups():
+            group = dict(group)
+            maximize = group.pop("maximize", False)
+            ext_optimizers.append(torch.optim.AdamW([group], weight_decay=0.0, maximize=maximize))
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * total_steps), total_steps)
+    amp_dtype = autocast_dtype(precision, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    start = time.perf_counter()
+    step = 0
+    bar = tqdm(total=total_steps, desc=desc, leave=False, mininterval=2.0)
+    while step < total_steps:
+        for batch in loader:
+            if step >= total_steps:
+                break
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                loss, logs = loss_fn(model, batch)
+                for ext in extensions:
+                    extra, ext_logs = ext.extra_loss(step, total_steps)
+                    loss = loss + extra
+                    logs.update(ext_logs)
+            optimizer.zero_grad(set_to_none=True)
+            for opt in ext_optimizers:
+                opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
+            scaler.step(optimizer)
+            for opt in ext_optimizers:
+                scaler.step(opt)
+            scaler.update()
+            scheduler.step()
+            step += 1
+            bar.update(1)
+            if step % log_every_steps == 0 or step == total_steps:
+                history.log.append({"step": step, "loss": float(loss.detach()), **logs})
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}", refresh=False)
+            if evaluate is not None and eval_every_steps and step % eval_every_steps == 0 and step < total_steps:
+                history.evals.append({"step": step, **evaluate()})
+    bar.close()
+    history.steps = step
+    history.train_time_s = time.perf_counter() - start
+    return history

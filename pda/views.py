@@ -1,0 +1,147 @@
+"""What the notebooks show: short text summaries, tables and per-run plots, all read from configs and records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from pda.config import RunConfig, StudyConfig, resolve_data_dir
+from pda.data import load_split
+from pda.records import RunRecord
+from pda.runs import run_dir, run_id
+from pda.tasks import get_task
+
+
+def describe_run(cfg: RunConfig) -> str:
+    """A few lines a reader can check before training starts (no paths, no timings)."""
+    s, t = cfg.study, cfg.study.training
+    flags = ", ".join(k for k, on in cfg.flags.items() if on and k != "finetune") or "none"
+    lines = [
+        f"task {cfg.task} | scenario {cfg.scenario} (flags: {flags}) | sparsity {cfg.sparsity} | seed {cfg.seed}",
+        f"model {s.model} | train samples {s.max_train_samples or 'all'} | max length {s.max_seq_length}",
+        f"epochs {t.epochs} | batch {t.batch_size} | lr {t.learning_rate} | adapter lr {s.adapters.learning_rate}",
+    ]
+    if cfg.flags["prune"]:
+        p = s.pruning
+        lines.append(f"pruning epochs {p.epochs} + final fine-tune {p.finetune_epochs} | target warm-up "
+                     f"{p.sparsity_warmup_ratio:.0%} of pruning steps")
+    if cfg.flags["distill"]:
+        d = s.distill
+        lines.append(f"distillation T={d.temperature} alpha={d.alpha} student layers {d.student_layers}")
+    return "\n".join(lines)
+
+
+def data_overview(study: StudyConfig) -> pd.DataFrame:
+    """Rows per split next to the official count, and the majority-class share."""
+    rows = []
+    data_dir = resolve_data_dir(study.data_dir)
+    for name in study.tasks:
+        task = get_task(name)
+        official = dict(task.official_rows)
+        for split in ("train", *task.dev_splits):
+            ds = load_split(task, split, data_dir)
+            labels = np.asarray(list(ds["label"]))
+            majority = None if task.is_regression else round(float(np.bincount(labels).max() / len(labels)) * 100, 1)
+            rows.append({"task": name, "split": split, "rows": len(ds), "official": official.get(split),
+                         "matches_official": len(ds) == official.get(split), "majority_class_%": majority})
+    return pd.DataFrame(rows)
+
+
+def plot_token_lengths(study: StudyConfig):
+    """Histogram of tokenised train lengths per task, with the truncation length marked."""
+    from pda.models import load_tokenizer
+
+    tokenizer = load_tokenizer(study.model)
+    data_dir = resolve_data_dir(study.data_dir)
+    fig, axes = plt.subplots(1, len(study.tasks), figsize=(4.5 * len(study.tasks), 3.2), squeeze=False)
+    for ax, name in zip(axes[0], study.tasks):
+        task = get_task(name)
+        ds = load_split(task, "train", data_dir)
+        ds = ds.select(range(min(len(ds), 2000)))
+        texts = [list(ds[f]) for f in task.text_fields]
+        lengths = [len(ids) for ids in tokenizer(*texts)["input_ids"]]
+        ax.hist(lengths, bins=40, color="#4c72b0")
+        ax.axvline(study.max_seq_length, color="#c44e52", linestyle="--", label=f"max_seq_length={study.max_seq_length}")
+        ax.set(title=f"{name} (first {len(ds)} train rows)", xlabel="tokens per example", ylabel="examples")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def record_table(record: RunRecord) -> pd.DataFrame:
+    """The headline numbers of one run, as a two-column table."""
+    rows = {f"dev {k}": v for k, v in record.metrics.items()}
+    rows["parameters (M)"] = round(record.params.get("total", float("nan")) / 1e6, 3)
+    rows["encoder parameters (M)"] = round(record.params.get("encoder", float("nan")) / 1e6, 3)
+    rows["trainable parameters"] = record.params.get("trainable")
+    if record.teacher_params:
+        rows["uncompressed parameters (M)"] = round(record.teacher_params["total"] / 1e6, 3)
+    if record.sparsity_achieved:
+        rows["achieved sparsity, encoder"] = record.sparsity_achieved["encoder"]
+        rows["achieved sparsity, total"] = record.sparsity_achieved["total"]
+    rows["weights on disk (MB)"] = round(record.bytes_on_disk / 1e6, 2) if record.bytes_on_disk else None
+    if record.flops:
+        rows["FLOP reduction bound"] = record.flops["reduction_bound"]
+    for bs, s in ((record.speed or {}).get("by_batch") or {}).items():
+        rows[f"speed-up, batch {bs}"] = s["speedup"]
+    rows["training steps"] = record.train_steps
+    return pd.DataFrame({"value": rows})
+
+
+def plot_history(cfg: RunConfig):
+    """Training curves of the run: loss, and sparsity/lambdas or teacher agreement when logged."""
+    history = json.loads((run_dir(cfg.study, _rid(cfg)) / "history.json").read_text())
+    log = pd.DataFrame(history["log"])
+    panels = [("loss", "training loss", None)]
+    if "expected_sparsity" in log:
+        panels.append(("expected_sparsity", "expected sparsity (encoder)", "target_sparsity"))
+    if "lambda_1" in log:
+        panels.append(("lambda_1", "Lagrange multipliers", "lambda_2"))
+    if "teacher_agreement" in log:
+        panels.append(("teacher_agreement", "agreement with teacher (top class)", None))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False)
+    for ax, (key, title, second) in zip(axes[0], panels):
+        if log.empty:
+            ax.text(0.5, 0.5, "no steps logged", ha="center", transform=ax.transAxes)
+            continue
+        x = log["step"] if "phase_step" not in log else np.arange(len(log))
+        ax.plot(x, log[key], label=key.replace("_", " "))
+        if second and second in log:
+            ax.plot(x, log[second], linestyle="--", label=second.replace("_", " "))
+            ax.legend(fontsize=8)
+        if "phase" in log:
+            starts = log.index[log["phase"].ne(log["phase"].shift())].tolist()[1:]
+            for s in starts:
+                ax.axvline(x.iloc[s] if hasattr(x, "iloc") else x[s], color="grey", linewidth=0.8, linestyle=":")
+        ax.set(title=title, xlabel="logged step" if "phase" in log else "training step")
+    fig.tight_layout()
+    return fig
+
+
+def _rid(cfg: RunConfig) -> str:
+    return run_id(cfg.task, cfg.scenario, cfg.sparsity, cfg.seed)
+
+
+def plot_structure(record: RunRecord):
+    """Per-layer share of heads and FFN units kept (0 = block removed); a note when the run was not pruned."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    if not record.structure:
+        ax.text(0.5, 0.5, f"{record.scenario}: not pruned, every layer kept", ha="center", va="center")
+        ax.set_axis_off()
+        return fig
+    layers = record.structure["layers"]
+    heads = [len(l["heads_kept"]) / l["num_heads"] if l["mha_kept"] else 0.0 for l in layers]
+    ffn = [l["ffn_units_kept"] / l["ffn_size"] if l["ffn_kept"] else 0.0 for l in layers]
+    grid = np.array([heads, ffn])
+    im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    ax.set(yticks=[0, 1], yticklabels=["attention heads", "FFN units"], xticks=range(len(layers)),
+           xlabel="layer", title=f"{record.run_id}: share kept")
+    for (i, j), v in np.ndenumerate(grid):
+        ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="white" if v < 0.6 else "black", fontsize=8)
+    fig.colorbar(im, ax=ax, label="fraction kept")
+    fig.tight_layout()
+    return fig
