@@ -30,6 +30,9 @@ class RunRecord:
     - ``sparsity_achieved``: ``{"encoder", "total"}`` = 1 - params/teacher params.
     - ``structure``: ``{"layers": [{"layer", "heads_kept", "num_heads", "mha_kept",
       "ffn_units_kept", "ffn_size", "ffn_kept"}], "hidden_kept", "hidden_size"}``.
+    - ``pruning``: ``{"target", "expected_sparsity_at_end", "achieved_vs_input", "prune_steps",
+      "finetune_steps", "counts"}``; ``achieved_vs_input`` is the exact sparsity of the kept
+      structure relative to the model that was pruned (the teacher for P, the student for P+D).
     - ``speed``: ``{"device", "threads", "seq_len", "rounds", "by_batch":
       {"1": {"latency_ms_median", "latency_ms_iqr", "throughput_median",
       "teacher_latency_ms_median", "speedup"}, "32": {...}}}``.
@@ -59,6 +62,7 @@ class RunRecord:
     teacher_bytes_on_disk: int | None = None
     sparsity_achieved: dict[str, float] | None = None
     structure: dict[str, Any] | None = None
+    pruning: dict[str, Any] | None = None
     train_time_s: float | None = None
     eval_time_s: float | None = None
     train_steps: int | None = None

@@ -1,0 +1,130 @@
+"""Parameter counts and the sparsity constraint, so a target sparsity has one exact meaning.
+
+Convention (CoFi's): "encoder weights" are the weight matrices of the encoder layers' Q, K, V,
+attention-output, FFN-in and FFN-out ``nn.Linear`` modules. Biases, LayerNorms, embeddings,
+pooler, classifier and adapters are NOT in it. ``count_parameters`` gives real module counts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PretrainedConfig
+
+
+def validate_target_sparsity(value: Any) -> float:
+    """Return ``value`` as a float if it is a number in [0, 1), else raise a ValueError naming it."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0.0 <= value < 1.0
+    if not ok:
+        raise ValueError(f"target sparsity {value!r} is invalid: it must be a number in the range [0, 1)")
+    return float(value)
+
+
+def target_at(step: int, target: float, warmup_steps: int) -> float:
+    """Target sparsity at ``step``: linear from 0 to ``target`` over ``warmup_steps``, then constant."""
+    if warmup_steps <= 0:
+        return target
+    return target * min(1.0, max(step, 0) / warmup_steps)
+
+
+def lagrangian_term(expected_sparsity: torch.Tensor, target: float, lambda_1: torch.Tensor,
+                    lambda_2: torch.Tensor) -> torch.Tensor:
+    """CoFi's constraint term lambda_1 (s - t) + lambda_2 (s - t)^2."""
+    gap = expected_sparsity - target
+    return lambda_1 * gap + lambda_2 * gap * gap
+
+
+def full_encoder_weights(config: PretrainedConfig) -> int:
+    """Encoder weights of the unpruned model: layers x (4 d^2 + 2 d F)."""
+    d, f = config.hidden_size, config.intermediate_size
+    return config.num_hidden_layers * (4 * d * d + 2 * d * f)
+
+
+def expected_encoder_weights(p_head: torch.Tensor, p_mha: torch.Tensor, p_int: torch.Tensor, p_ffn: torch.Tensor,
+                             hidden_size: int, head_dim: int, p_hidden: torch.Tensor | None = None) -> torch.Tensor:
+    """Expected kept encoder weights from gate probabilities P(z > 0).
+
+    Per layer: sum_h P(head h) P(MHA) 4 d head_dim + sum_u P(unit u) P(FFN) 2 d, where d is the
+    hidden size, or its expected kept size sum P(z_hidden) when ``p_hidden`` is given (CoFi).
+    Shapes: p_head (L, H), p_mha (L,), p_int (L, F), p_ffn (L,).
+    """
+    d = hidden_size if p_hidden is None else p_hidden.sum()
+    heads = (p_head * p_mha[:, None]).sum()
+    units = (p_int * p_ffn[:, None]).sum()
+    return d * (heads * 4 * head_dim + units * 2)
+
+
+def structure_from_gates(gates: Mapping[str, torch.Tensor], hidden_size: int) -> dict[str, Any]:
+    """JSON-able summary of what survives: a head (unit) is kept iff z_head * z_MHA (z_int * z_FFN) > 0."""
+    heads = gates["head"] * gates["mha"][:, None]
+    units = gates["int"] * gates["ffn"][:, None]
+    layers = []
+    for i in range(heads.shape[0]):
+        kept = [int(h) for h in torch.nonzero(heads[i] > 0).flatten()]
+        n_units = int((units[i] > 0).sum())
+        layers.append({"layer": i, "heads_kept": kept, "num_heads": int(heads.shape[1]), "mha_kept": bool(kept),
+                       "ffn_units_kept": n_units, "ffn_size": int(units.shape[1]), "ffn_kept": n_units > 0})
+    return {"layers": layers, "hidden_kept": hidden_size, "hidden_size": hidden_size}
+
+
+def structure_weights(structure: Mapping[str, Any]) -> int:
+    """Exact encoder weights kept by ``structure``."""
+    d = structure["hidden_kept"]
+    return sum(len(l["heads_kept"]) * 4 * d * _head_dim(structure, l) + l["ffn_units_kept"] * 2 * d
+               for l in structure["layers"])
+
+
+def structure_full_weights(structure: Mapping[str, Any]) -> int:
+    """Encoder weights of the unpruned model that ``structure`` was cut from."""
+    d = structure["hidden_size"]
+    return sum(l["num_heads"] * 4 * d * _head_dim(structure, l) + l["ffn_size"] * 2 * d for l in structure["layers"])
+
+
+def structure_sparsity(structure: Mapping[str, Any]) -> float:
+    """Exact encoder-weight sparsity of ``structure``: 1 - kept / full."""
+    return 1.0 - structure_weights(structure) / structure_full_weights(structure)
+
+
+def _head_dim(structure: Mapping[str, Any], layer: Mapping[str, Any]) -> int:
+    return structure["hidden_size"] // layer["num_heads"]
+
+
+def encoder_weight_count(model: nn.Module) -> int:
+    """Encoder weights actually present in a (possibly exported) BERT model, by the convention above."""
+    total = 0
+    for layer in _base(model).encoder.layer:
+        if hasattr(layer.attention, "self"):  # a removed MHA has no Q/K/V
+            sa = layer.attention.self
+            linears = [sa.query, sa.key, sa.value, layer.attention.output.dense]
+            total += sum(m.weight.numel() for m in linears)
+        if hasattr(layer.intermediate, "dense"):  # a removed FFN has no dense layers
+            total += layer.intermediate.dense.weight.numel() + layer.output.dense.weight.numel()
+    return total
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    """Real ``nn.Parameter`` counts: total, encoder (all params under ``encoder``, incl. biases,
+    LayerNorms and adapters inside layers), embeddings, trainable. Shared tensors count once."""
+    base = _base(model)
+    return {
+        "total": _numel(model.parameters()),
+        "encoder": _numel(base.encoder.parameters()),
+        "embeddings": _numel(base.embeddings.parameters()),
+        "trainable": _numel(p for p in model.parameters() if p.requires_grad),
+    }
+
+
+def _numel(params) -> int:
+    return sum(p.numel() for p in params)
+
+
+def _base(model: nn.Module) -> nn.Module:
+    """The BertModel inside a task model (or the model itself)."""
+    base = getattr(model, "base_model", model)
+    if not hasattr(base, "encoder"):
+        raise ValueError(f"{type(model).__name__} has no BERT encoder (expected model.base_model.encoder.layer)")
+    return base

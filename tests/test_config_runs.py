@@ -1,0 +1,144 @@
+"""Parameter validation fails early and by name; run records are atomic; a study resumes and isolates failures."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from pda import records
+from pda.config import ConfigError, for_run, load_params
+from pda.records import RunRecord, atomic_write_text, read_all_records, write_record
+from pda.runs import RunSpec, dependencies, expand_grid, run_dir, run_id
+from pda.study import Outcome, execute_run, run_serial
+
+
+def test_smoke_and_paper_and_default_files_validate(glue_dir, monkeypatch):
+    from tests.conftest import ROOT
+
+    monkeypatch.setenv("PDA_GLUE_DIR", str(glue_dir))
+    for name in ("smoke", "default"):
+        cfg = load_params(ROOT / "parameters" / f"{name}.yaml", data_dir=str(glue_dir))
+        assert cfg.tasks and cfg.scenarios
+    paper = load_params(ROOT / "parameters" / "paper.yaml")
+    assert paper.model == "google-bert/bert-base-cased" and len(paper.tasks) == 8
+    assert paper.sparsities == [0.6, 0.7, 0.8, 0.9, 0.95]
+    low = for_run(paper, "mrpc", "FT", None, 0).study.training
+    high = for_run(paper, "mnli", "FT", None, 0).study.training
+    assert (low.epochs, low.eval_every_steps) == (100, 50)
+    assert (high.epochs, high.eval_every_steps) == (20, 500)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"tasks": ["mrcp"]}, r"unknown GLUE task 'mrcp'; valid tasks: \['cola'"),
+        ({"scenarios": ["FT", "PDA"]}, r"unknown scenario\(s\) \['PDA'\]; valid scenarios: \['base', 'FT'"),
+        ({"sparsities": [0.6, 1.0]}, r"sparsity=1.0 is outside the valid range \[0.0, 1.0\)"),
+        ({"sparsities": [-0.1]}, r"sparsity=-0.1 is outside the valid range"),
+        ({"sparsities": ["0.5"]}, r"sparsity must be a number, got '0.5'"),
+        ({"data_dir": "/nonexistent/glue"}, r"data_dir '/nonexistent/glue' does not exist"),
+        ({"epochs": 3}, r"unknown parameter\(s\) epochs; valid keys here: \["),
+        ({"training": {"epoch": 3}}, r"unknown parameter\(s\) training.epoch; valid keys here: \['batch_size'"),
+        ({"overrides": {"GLUE mid": {}}}, r"overrides key 'GLUE mid' is neither a task"),
+        ({"overrides": {"mrpc": {"training": {"lr": 1}}}}, r"overrides\[mrpc\].training.lr"),
+        ({"device": "tpu"}, r"device='tpu' is not valid; use one of auto, cpu, cuda"),
+        ({"distill": {"alpha": 1.5}}, r"distill.alpha=1.5 is outside the valid range \[0.0, 1.0\]"),
+        ({"model": "not-a-local-dir"}, r"model 'not-a-local-dir' is not a local path"),
+    ],
+)
+def test_bad_parameters_fail_by_name_before_any_work(make_params, changes, message):
+    with pytest.raises(ValueError, match=message):
+        load_params(make_params(**changes))
+
+
+def test_missing_data_dir_offline_says_how_to_fix(make_params, monkeypatch):
+    monkeypatch.delenv("PDA_GLUE_DIR", raising=False)
+    with pytest.raises(ConfigError, match="PDA_GLUE_DIR"):
+        load_params(make_params(data_dir=None))
+
+
+def test_pruned_run_rejects_bad_sparsity_and_unpruned_run_ignores_it(make_params):
+    cfg = load_params(make_params())
+    with pytest.raises(ConfigError, match=r"sparsity=1.5"):
+        for_run(cfg, "mrpc", "P", 1.5, 0)
+    assert for_run(cfg, "mrpc", "A", 0.9, 0).sparsity is None
+
+
+def test_grid_puts_dependencies_first():
+    from pda.config import StudyConfig
+
+    cfg = StudyConfig(tasks=["mrpc"], scenarios=["P+D+A", "A"], sparsities=[0.6, 0.9], seeds=[0, 1])
+    specs = expand_grid(cfg)
+    ids = [s.run_id for s in specs]
+    assert len(ids) == len(set(ids))
+    for spec in specs:
+        for dep in dependencies(spec):
+            assert ids.index(dep.run_id) < ids.index(spec.run_id)
+    assert "mrpc-P+D+A-sp90-seed1" in ids and "mrpc-D-seed1" in ids and "mrpc-FT-seed1" in ids
+    assert len(ids) == 2 * (2 + 1 + 1 + 1)  # per seed: 2 P+D+A, A, D, FT
+
+
+def test_atomic_write_keeps_old_file_when_interrupted(tmp_path, monkeypatch):
+    path = tmp_path / "result.json"
+    atomic_write_text(path, "old")
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(records.os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_text(path, "new")
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["result.json"]  # no temp file left behind
+
+
+def test_record_round_trip_and_unknown_field_rejected(tmp_path):
+    rec = RunRecord(run_id="mrpc-FT-seed0", task="mrpc", scenario="FT", prune=False, distill=False,
+                    adapters=False, sparsity=None, seed=0, model="embedded", metrics={"f1": 80.0})
+    write_record(rec, tmp_path / "runs" / rec.run_id)
+    assert read_all_records(tmp_path / "runs") == [rec]
+    data = json.loads((tmp_path / "runs" / rec.run_id / "result.json").read_text())
+    data["surprise"] = 1
+    with pytest.raises(ValueError, match="surprise"):
+        RunRecord.from_dict(data)
+
+
+def test_finished_run_is_not_executed_again(make_params, monkeypatch):
+    cfg = load_params(make_params())
+    spec = RunSpec("mrpc", "FT", None, 0)
+    rdir = run_dir(cfg, spec.run_id)
+    rdir.mkdir(parents=True)
+    (rdir / "result.json").write_text("{}")
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("papermill called for a finished run")
+
+    monkeypatch.setattr("pda.study.execute_notebook", must_not_run)
+    assert execute_run(make_params(), cfg, spec).status == "cached"
+
+
+def test_failed_run_is_reported_and_its_dependents_skipped_while_others_go_on(make_params):
+    cfg = load_params(make_params(tasks=["mrpc", "rte"], scenarios=["FT", "A", "P"], sparsities=[0.6]))
+    specs = expand_grid(cfg)
+    executed = []
+
+    def fake_execute(spec):
+        executed.append(spec.run_id)
+        if spec.run_id == "mrpc-FT-seed0":
+            return Outcome(spec, "failed", error="boom")
+        return Outcome(spec, "done")
+
+    outcomes = {o.spec.run_id: o for o in run_serial(make_params(), cfg, specs, fake_execute)}
+    assert outcomes["mrpc-FT-seed0"].status == "failed"
+    assert outcomes["mrpc-P-sp60-seed0"].status == "skipped"
+    assert "mrpc-FT-seed0" in outcomes["mrpc-P-sp60-seed0"].error
+    assert "mrpc-P-sp60-seed0" not in executed
+    assert all(outcomes[r].status == "done" for r in ("mrpc-A-seed0", "rte-FT-seed0", "rte-A-seed0", "rte-P-sp60-seed0"))
+
+
+def test_run_ids_are_readable_and_distinct():
+    assert run_id("mrpc", "P+D+A", 0.9, 0) == "mrpc-P+D+A-sp90-seed0"
+    assert run_id("sst2", "FT", None, 1) == "sst2-FT-seed1"
+    assert run_id("mrpc", "P", 0.95, 0) != run_id("mrpc", "P", 0.9, 0)
