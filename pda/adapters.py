@@ -6,6 +6,7 @@ import adapters
 from adapters import SeqBnConfig
 from transformers import PreTrainedModel
 
+from pda.checkpoint import mark_adapter
 from pda.config import AdapterConfig
 
 ADAPTER_NAME = "pda"
@@ -28,7 +29,7 @@ def add_adapters(model: PreTrainedModel, cfg: AdapterConfig, name: str = ADAPTER
     model.add_adapter(name, config=adapter_settings(cfg), overwrite_ok=True)
     model.set_active_adapters(name)
     freeze_for_adapters(model, name)
-    model.config.pda_adapter = {"name": name, "config": adapter_settings(cfg).to_dict()}
+    mark_adapter(model.config, name, adapter_settings(cfg))  # so checkpoint.load_model re-creates it
     return model
 
 

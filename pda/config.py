@@ -40,6 +40,7 @@ class TrainingConfig:
     max_grad_norm: float = 1.0
     eval_every_steps: int = 0
     log_every_steps: int = 10
+    group_by_length: bool = True  # batches of similar length: less padding, same examples per epoch
 
 
 @dataclasses.dataclass

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
+import logging
 import os
 import platform
+import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+import datasets
 import torch
 import transformers
 
@@ -34,6 +36,8 @@ def configure_environment(online: bool) -> None:
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     transformers.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    logging.getLogger("adapters").setLevel(logging.ERROR)
 
 
 @dataclasses.dataclass
@@ -165,7 +169,7 @@ def run(cfg: RunConfig, with_dependencies: bool = False) -> RunRecord:
     t = study.training
     model, teacher, lr = build_model(cfg, data)
     loss_fn = distill_loss(teacher, data, cfg, device) if teacher is not None else task_loss(data.task.is_regression)
-    loader = make_loader(data.train, tokenizer, t.batch_size, True, cfg.seed)
+    loader = make_loader(data.train, tokenizer, t.batch_size, True, cfg.seed, t.group_by_length)
     eval_fn = lambda: evaluate(model, data, t.eval_batch_size, device)  # noqa: E731
     common = dict(device=device, precision=study.precision, weight_decay=t.weight_decay,
                   warmup_ratio=t.warmup_ratio, max_grad_norm=t.max_grad_norm,
@@ -189,6 +193,9 @@ def run(cfg: RunConfig, with_dependencies: bool = False) -> RunRecord:
     atomic_write_text(out / "history.json", json.dumps(dataclasses.asdict(history), indent=1) + "\n")
     reference = load_pretrained_for_task(study.model, data.task)  # the uncompressed architecture
     sizes = measurements(model, reference, model_dir, study, device)
+    with tempfile.TemporaryDirectory(dir=out) as tmp:  # the reference's weights, saved the same way
+        checkpoint.save_model(reference, Path(tmp) / MODEL_DIR)
+        sizes["teacher_bytes_on_disk"] = measure.bytes_on_disk(Path(tmp) / MODEL_DIR)
     task = data.task
     record = RunRecord(
         run_id=spec.run_id, task=cfg.task, scenario=cfg.scenario, sparsity=cfg.sparsity, seed=cfg.seed,

@@ -67,13 +67,21 @@ def dependencies(spec: RunSpec) -> list[RunSpec]:
     return [dep for dep in (teacher_of(spec), parent_of(spec)) if dep is not None]
 
 
+def task_grid(cfg: StudyConfig, task: str) -> StudyConfig:
+    """The study settings for one task: group and task overrides may change its seeds, scenarios, sparsities."""
+    from pda.config import for_run
+
+    return for_run(cfg, task, "FT", None, 0).study
+
+
 def expand_grid(cfg: StudyConfig) -> list[RunSpec]:
     """Every run the study asks for, plus the runs they depend on, in an order that runs dependencies first."""
     wanted: list[RunSpec] = []
     for task in cfg.tasks:
-        for seed in cfg.seeds:
-            for scenario in cfg.scenarios:
-                sparsities = cfg.sparsities if SCENARIOS[scenario]["prune"] else [None]
+        grid = task_grid(cfg, task)
+        for seed in grid.seeds:
+            for scenario in grid.scenarios:
+                sparsities = grid.sparsities if SCENARIOS[scenario]["prune"] else [None]
                 wanted.extend(RunSpec(task, scenario, sp, seed) for sp in sparsities)
     ordered: list[RunSpec] = []
 

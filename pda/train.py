@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmup
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 Batch = dict[str, torch.Tensor]
 LossFn = Callable[[torch.nn.Module, Batch], tuple[torch.Tensor, dict[str, float]]]
@@ -61,12 +62,21 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def make_loader(ds, tokenizer, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
-    """Dynamic padding; a seeded generator makes the shuffle order part of the run's seed."""
+def make_loader(ds, tokenizer, batch_size: int, shuffle: bool, seed: int,
+                group_by_length: bool = False) -> DataLoader:
+    """Dynamic padding; a seeded generator makes the shuffle order part of the run's seed.
+
+    ``group_by_length`` (training only) uses transformers' LengthGroupedSampler: random
+    mega-batches sorted by length, so little compute goes to padding on CPU.
+    """
     generator = torch.Generator().manual_seed(seed)
     collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
-    return DataLoader(ds.with_format("torch"), batch_size=batch_size, shuffle=shuffle,
-                      collate_fn=collate, generator=generator)
+    ds = ds.with_format("torch")
+    if shuffle and group_by_length:
+        lengths = [len(ids) for ids in ds.with_format(None)["input_ids"]]
+        sampler = LengthGroupedSampler(batch_size, lengths=lengths, generator=generator)
+        return DataLoader(ds, batch_size=batch_size, sampler=sampler, collate_fn=collate)
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator)
 
 
 def model_inputs(batch: Batch, device: torch.device) -> Batch:

@@ -1,0 +1,79 @@
+"""Runs end to end in-process: determinism, what each scenario trains, and that saved models reproduce the record."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pda import checkpoint, config, pipeline
+from pda.runs import run_dir
+
+TINY = dict(max_train_samples=32, max_eval_samples=32, max_seq_length=48,
+            training={"epochs": 1, "batch_size": 16, "log_every_steps": 1},
+            pruning={"epochs": 1, "finetune_epochs": 1},
+            measure={"speed": False, "energy": False, "flops": False})
+
+
+@pytest.fixture
+def tiny_study(make_params):
+    return config.load_params(make_params(**TINY))
+
+
+def dev_logits(model, cfg) -> np.ndarray:
+    data = pipeline.prepare_data(cfg, pipeline.load_tokenizer(cfg.study.model))
+    loader = pipeline.make_loader(data.dev["dev"], data.tokenizer, 32, False, 0)
+    return pipeline.predict(model, loader, torch.device("cpu"))[0]
+
+
+def test_same_seed_same_metrics_different_seed_different_weights(make_params, tmp_path):
+    records = []
+    for out, seed in (("a", 0), ("b", 0), ("c", 1)):
+        study = config.load_params(make_params(**TINY, output_dir=str(tmp_path / out)))
+        records.append(pipeline.run(config.for_run(study, "stsb", "FT", None, seed)))
+    assert records[0].metrics == records[1].metrics
+    assert records[0].metrics != records[2].metrics
+
+
+def test_adapter_run_trains_only_adapters_and_head(tiny_study):
+    rec = pipeline.run(config.for_run(tiny_study, "mrpc", "A", None, 0))
+    assert 0 < rec.params["trainable"] < 0.02 * rec.params["total"]
+    model = checkpoint.load_model(run_dir(tiny_study, rec.run_id) / "model")
+    names = {n for n, _ in model.named_parameters()}
+    assert any(".adapters.pda." in n for n in names)
+
+
+def test_pruned_distilled_adapter_run_end_to_end(tiny_study):
+    """P+D+A pulls in FT and D first, prunes the student, and the saved model reproduces the record."""
+    cfg = config.for_run(tiny_study, "mrpc", "P+D+A", 0.6, 0)
+    rec = pipeline.run(cfg, with_dependencies=True)
+    teacher = json.loads((run_dir(tiny_study, "mrpc-FT-seed0") / "result.json").read_text())
+    student = json.loads((run_dir(tiny_study, "mrpc-D-seed0") / "result.json").read_text())
+    assert student["params"]["encoder"] < teacher["params"]["encoder"]
+    assert len(rec.structure["layers"]) == 3  # the every-other-layer student of a 6-layer teacher
+    assert rec.pruning["achieved_vs_input"] >= 0.6 - 1e-9
+    assert rec.params["encoder"] < student["params"]["encoder"]
+    assert rec.parent_run_id == "mrpc-D-seed0" and rec.teacher_run_id == "mrpc-FT-seed0"
+    model = checkpoint.load_model(run_dir(tiny_study, rec.run_id) / "model")
+    assert sum(p.numel() for p in model.parameters()) == rec.params["total"]
+    data = pipeline.prepare_data(cfg, pipeline.load_tokenizer(tiny_study.model))
+    assert pipeline.evaluate(model, data, 32, torch.device("cpu")) == rec.metrics
+
+
+def test_scenario_without_its_teacher_says_which_run_is_missing(tiny_study):
+    with pytest.raises(FileNotFoundError, match="needs run 'rte-FT-seed0' first"):
+        pipeline.run(config.for_run(tiny_study, "rte", "P", 0.6, 0))
+
+
+def test_measured_run_records_size_speed_flops_and_energy(make_params):
+    study = config.load_params(make_params(**{**TINY, "measure": {"batch_sizes": [1, 4], "seq_len": 32,
+                                                                   "warmup": 1, "rounds": 2}}))
+    rec = pipeline.run(config.for_run(study, "mrpc", "D", None, 0), with_dependencies=True)
+    assert rec.flops["reduction_bound"] == pytest.approx(2.0, rel=0.05)  # half the layers, same embeddings
+    assert set(rec.speed["by_batch"]) == {"1", "4"}
+    assert rec.speed["by_batch"]["1"]["speedup"] > 0
+    assert rec.energy["train"]["kwh"] >= 0 and rec.energy["train"]["country_iso_code"] == "DNK"
+    assert 0 < rec.bytes_on_disk < rec.teacher_bytes_on_disk
+    assert rec.environment["device"] == "cpu" and rec.environment["precision"] == "fp32"
