@@ -523,10 +523,12 @@ def carbon_statement(frame: pd.DataFrame) -> dict[str, Any]:
 def _carbon_sentence(c: dict[str, Any]) -> str:
     if c["total_kwh"] is None:
         return f"No energy was recorded for the {c['n_runs']} run(s)."
-    s = (f"The {c['n_runs']} run(s) used {c['total_kwh']:.4g} kWh and emitted {_fmt(c['total_kg_co2eq'], 4)} kg CO2eq "
-         f"in total (training {_fmt(c['train_kwh'], 4)} kWh / {_fmt(c['train_kg_co2eq'], 4)} kg over "
-         f"{c['n_runs_with_train_energy']} run(s), inference {_fmt(c['inference_kwh'], 4)} kWh / "
-         f"{_fmt(c['inference_kg_co2eq'], 4)} kg over {c['n_runs_with_inference_energy']} run(s)).")
+    wh = lambda kwh: "n/a" if kwh is None else f"{kwh * 1e3:.3g} Wh"  # noqa: E731 - CPU runs are Wh-scale
+    g = lambda kg: "n/a" if kg is None else f"{kg * 1e3:.3g} g CO2eq"  # noqa: E731
+    s = (f"The {c['n_runs']} run(s) used {wh(c['total_kwh'])} and emitted {g(c['total_kg_co2eq'])} in total "
+         f"(training {wh(c['train_kwh'])} / {g(c['train_kg_co2eq'])} over {c['n_runs_with_train_energy']} run(s), "
+         f"inference {wh(c['inference_kwh'])} / {g(c['inference_kg_co2eq'])} over "
+         f"{c['n_runs_with_inference_energy']} run(s)).")
     missing = [f"{c['n_runs'] - c[f'n_runs_with_{p}_energy']} without {p} energy" for p in ("train", "inference")
                if c[f"n_runs_with_{p}_energy"] < c["n_runs"]]
     if missing:

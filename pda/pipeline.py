@@ -57,7 +57,13 @@ def prepare_data(cfg: RunConfig, tokenizer) -> TaskData:
     dev = {s: subsample(load_split(task, s, data_dir), study.max_eval_samples, study.data_seed)
            for s in task.dev_splits}
     tok = lambda ds: tokenize(ds, task, tokenizer, study.max_seq_length)  # noqa: E731
-    return TaskData(task, tok(train), {s: tok(ds) for s, ds in dev.items()}, tokenizer)
+    return TaskData(task, tok(train), {s: sort_by_length(tok(ds)) for s, ds in dev.items()}, tokenizer)
+
+
+def sort_by_length(ds):
+    """Evaluation order does not change a metric; sorted batches carry little padding."""
+    lengths = [len(ids) for ids in ds["input_ids"]]
+    return ds.select(sorted(range(len(ds)), key=lengths.__getitem__))
 
 
 def evaluate(model: torch.nn.Module, data: TaskData, batch_size: int, device: torch.device) -> dict[str, float]:

@@ -31,8 +31,9 @@ class PruningExtension:
         }
 
 
-def _tag(history: History, phase: str) -> list[dict[str, float]]:
-    return [{**row, "phase": phase} for row in history.log]
+def _tag(history: History, phase: str, offset: int = 0) -> list[dict[str, float]]:
+    """Log rows of one phase, with steps counted from the start of the whole run."""
+    return [{**row, "step": row["step"] + offset, "phase": phase} for row in history.log]
 
 
 def prune_and_export(model: torch.nn.Module, loader: DataLoader, cfg: RunConfig, lr: float, loss_fn: LossFn,
@@ -59,7 +60,7 @@ def prune_and_export(model: torch.nn.Module, loader: DataLoader, cfg: RunConfig,
     tuned = fit(model, loader, epochs=p.finetune_epochs, learning_rate=lr, loss_fn=loss_fn,
                 desc=f"fine-tune pruned {cfg.task} {cfg.scenario}", **common)
     history = History(steps=gated.steps + tuned.steps, train_time_s=gated.train_time_s + tuned.train_time_s,
-                      log=_tag(gated, "prune") + _tag(tuned, "finetune"), evals=gated.evals + tuned.evals)
+                      log=_tag(gated, "prune") + _tag(tuned, "finetune", gated.steps), evals=gated.evals + tuned.evals)
     pruning = {
         "target": cfg.sparsity, "expected_sparsity_at_end": round(expected, 6),
         "achieved_vs_input": round(structure_sparsity(structure), 6),

@@ -70,7 +70,7 @@ def execute_run(params_file: Path, cfg: StudyConfig, spec: RunSpec, kernel_name:
 def run_serial(params_file: Path, cfg: StudyConfig, specs: list[RunSpec],
                execute: Callable[[RunSpec], Outcome] | None = None) -> list[Outcome]:
     """Runs in dependency order; a run whose dependency failed is skipped with the reason."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     execute = execute or (lambda s: execute_run(params_file, cfg, s))
     outcomes: dict[RunSpec, Outcome] = {}

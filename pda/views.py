@@ -89,7 +89,9 @@ def record_table(record: RunRecord) -> pd.DataFrame:
     for bs, s in ((record.speed or {}).get("by_batch") or {}).items():
         rows[f"speed-up, batch {bs}"] = s["speedup"]
     rows["training steps"] = record.train_steps
-    return pd.DataFrame({"value": rows})
+    text = {k: (f"{v:,}" if isinstance(v, int) else f"{v:.4g}" if isinstance(v, float) else str(v))
+            for k, v in rows.items()}
+    return pd.DataFrame({"value": text})
 
 
 def plot_history(cfg: RunConfig):
@@ -108,16 +110,17 @@ def plot_history(cfg: RunConfig):
         if log.empty:
             ax.text(0.5, 0.5, "no steps logged", ha="center", transform=ax.transAxes)
             continue
-        x = log["step"] if "phase_step" not in log else np.arange(len(log))
-        ax.plot(x, log[key], label=key.replace("_", " "))
+        rows = log.dropna(subset=[key])
+        ax.plot(rows["step"], rows[key], label=key.replace("_", " "))
         if second and second in log:
-            ax.plot(x, log[second], linestyle="--", label=second.replace("_", " "))
+            ax.plot(rows["step"], rows[second], linestyle="--", label=second.replace("_", " "))
             ax.legend(fontsize=8)
-        if "phase" in log:
-            starts = log.index[log["phase"].ne(log["phase"].shift())].tolist()[1:]
-            for s in starts:
-                ax.axvline(x.iloc[s] if hasattr(x, "iloc") else x[s], color="grey", linewidth=0.8, linestyle=":")
-        ax.set(title=title, xlabel="logged step" if "phase" in log else "training step")
+        if "phase" in log and log["phase"].nunique() > 1:
+            start = log.loc[log["phase"] == "finetune", "step"].min()
+            ax.axvline(start, color="grey", linewidth=0.8, linestyle=":")
+            ax.annotate("export + fine-tune", (start, 0.98), xycoords=("data", "axes fraction"),
+                        fontsize=7, color="grey", ha="left", va="top")
+        ax.set(title=title, xlabel="training step")
     fig.tight_layout()
     return fig
 

@@ -254,7 +254,7 @@ def test_carbon_statement_totals_and_modes() -> None:
     assert c["train_kwh"] == pytest.approx(0.6) and c["inference_kwh"] == pytest.approx(0.02)
     assert c["total_kwh"] == pytest.approx(0.62) and c["total_kg_co2eq"] == pytest.approx(0.31)
     assert c["modes"] == {ESTIMATED: 5} and c["estimated"] is True
-    assert "0.62 kWh" in c["sentence"] and "1 without inference energy" in c["sentence"] and ESTIMATED in c["sentence"]
+    assert "620 Wh" in c["sentence"] and "310 g CO2eq" in c["sentence"] and "1 without inference energy" in c["sentence"] and ESTIMATED in c["sentence"]
     empty = analysis.carbon_statement(analysis.records_frame([]))
     assert empty["total_kwh"] is None and "No energy" in empty["sentence"]
 
