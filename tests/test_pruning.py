@@ -13,6 +13,7 @@ from torch import nn
 from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
 
 from pda.checkpoint import load_model, mark_adapter, save_model
+from pda.measure import count_parameters
 from pda.pruning import (
     HardConcreteGate,
     L0Pruner,
@@ -20,7 +21,6 @@ from pda.pruning import (
     PrunedIntermediate,
     apply_structure,
     attach_gates,
-    count_parameters,
     encoder_weight_count,
     expected_encoder_weights,
     export_pruned,
@@ -152,7 +152,89 @@ def test_pruner_samples_in_training_and_is_deterministic_in_eval() -> None:
     a, b = pruner(True), pruner(True)
     assert not torch.equal(a["head"], b["head"])
     assert a["head"].requires_grad and a["mha"].shape == (LAYERS,) and a["int"].shape == (LAYERS, FFN)
-    torch.testing.assert_close(pruner(False)["int"], pruner.deterministic_gates()["int"])
+    cofi = pruner.deterministic_gates(meet_target=False)  # eval forwards use CoFi's rule alone
+    assert all(torch.equal(pruner(False)[k], cofi[k]) for k in cofi)
+
+
+def max_structure_fraction(config: BertConfig) -> float:
+    """The largest single structure (a head: 4 d head_dim; an FFN unit: 2 d) over the full encoder weights."""
+    d = config.hidden_size
+    return max(4 * d * (d // config.num_attention_heads), 2 * d) / full_encoder_weights(config)
+
+
+@pytest.mark.parametrize("target", [0.5, 0.7, 0.9, 0.95])
+def test_deterministic_gates_meet_the_target_without_training(target: float) -> None:
+    torch.manual_seed(0)
+    config = tiny_config()
+    pruner = L0Pruner(config, target_sparsity=target)
+    assert float(pruner.expected_sparsity().detach()) < 0.15  # fresh gates: far from any target here
+    cofi = pruner.deterministic_gates(meet_target=False)
+    assert structure_sparsity(structure_from_gates(cofi, HIDDEN)) < 0.15  # CoFi's rule alone misses it
+    gates = pruner.deterministic_gates()
+    achieved = structure_sparsity(structure_from_gates(gates, HIDDEN))
+    assert target <= achieved < target + max_structure_fraction(config) + 1e-9
+    assert structure_from_gates(gates, HIDDEN) == pruner.structure()
+    assert pruner.masks()["int"].sum() == (gates["int"] > 0).sum()
+    for name in ("head", "int"):  # CoFi's zeros stay zero; kept gates keep their fractional values
+        kept = gates[name] > 0
+        assert not bool(kept[cofi[name] == 0].any())
+        torch.testing.assert_close(gates[name][kept], cofi[name][kept], rtol=0, atol=0)
+    for unit, block in (("head", "mha"), ("int", "ffn")):  # a block is off iff emptied, else CoFi's value
+        empty = ~(gates[unit] > 0).any(dim=1)
+        assert bool((gates[block][empty] == 0).all())
+        torch.testing.assert_close(gates[block][~empty], cofi[block][~empty], rtol=0, atol=0)
+
+
+def test_meet_target_leaves_a_cofi_structure_on_the_target_alone() -> None:
+    torch.manual_seed(0)
+    pruner = L0Pruner(tiny_config(), target_sparsity=0.2, coarse_init=None, droprate_init=0.7)
+    cofi = pruner.deterministic_gates(meet_target=False)
+    pruner.target_sparsity = structure_sparsity(structure_from_gates(cofi, HIDDEN)) - 1e-6
+    gates = pruner.deterministic_gates()
+    assert all(torch.equal(gates[k], cofi[k]) for k in cofi)
+
+
+def test_meet_target_brings_an_overshooting_cofi_structure_back_to_the_target() -> None:
+    """Short runs can leave CoFi's per-group rounding far above the target; the export must not be."""
+    torch.manual_seed(0)
+    pruner = L0Pruner(tiny_config(), target_sparsity=0.2, coarse_init=None, droprate_init=0.7)
+    cofi = pruner.deterministic_gates(meet_target=False)
+    tol = max_structure_fraction(tiny_config())
+    assert structure_sparsity(structure_from_gates(cofi, HIDDEN)) > 0.2 + tol
+    achieved = structure_sparsity(structure_from_gates(pruner.deterministic_gates(), HIDDEN))
+    assert 0.2 <= achieved < 0.2 + tol + 1e-9
+
+
+def test_meet_target_false_is_cofi_rule_per_gate_group() -> None:
+    torch.manual_seed(0)
+    pruner = L0Pruner(tiny_config(), target_sparsity=0.9)
+    with torch.no_grad():
+        for gate in pruner.gate_modules().values():
+            gate.log_alpha.normal_(1.0, 2.0)
+    cofi = pruner.deterministic_gates(meet_target=False)
+    by_group = {name: g.deterministic() for name, g in pruner.gate_modules().items()}
+    by_group["mha"], by_group["ffn"] = by_group["mha"].squeeze(-1), by_group["ffn"].squeeze(-1)
+    assert all(torch.equal(cofi[k], by_group[k]) for k in by_group)
+    assert structure_sparsity(structure_from_gates(cofi, HIDDEN)) < 0.9  # so the default would differ
+    assert not torch.equal(pruner.deterministic_gates()["head"], cofi["head"]) or not torch.equal(
+        pruner.deterministic_gates()["int"], cofi["int"])
+
+
+def test_meet_target_removes_heads_of_a_weak_mha_block_first() -> None:
+    """Score = P(unit on) * P(block on): layer 1's MHA is kept by CoFi's rule (P = 0.65) but weak, so its
+    heads (P(head) ~ 1) rank below every FFN unit (P ~ 0.83) and the emptied block is switched off."""
+    torch.manual_seed(0)
+    pruner = L0Pruner(tiny_config(), target_sparsity=0.2)
+    with torch.no_grad():
+        pruner.mha.log_alpha[1] = -1.0
+    cofi = pruner.deterministic_gates(meet_target=False)
+    assert bool((cofi["mha"] > 0).all()) and structure_sparsity(structure_from_gates(cofi, HIDDEN)) < 0.1
+    gates = pruner.deterministic_gates()
+    structure = structure_from_gates(gates, HIDDEN)
+    assert [len(l["heads_kept"]) for l in structure["layers"]] == [HEADS, 0, HEADS, HEADS]
+    assert gates["mha"][1] == 0 and not structure["layers"][1]["mha_kept"]
+    assert torch.equal(gates["int"], cofi["int"]) and torch.equal(gates["ffn"], cofi["ffn"])
+    assert 0.2 <= structure_sparsity(structure) < 0.2 + max_structure_fraction(tiny_config())
 
 
 def test_pruner_rejects_hidden_pruning() -> None:
@@ -261,7 +343,7 @@ def test_pruner_hooks_follow_train_eval_mode_and_train_the_gates() -> None:
         model.eval()
         first = logits(model)
         torch.testing.assert_close(logits(model), first, rtol=0, atol=0)
-    with attach_gates(model, pruner.deterministic_gates()):
+    with attach_gates(model, pruner.deterministic_gates(meet_target=False)):
         torch.testing.assert_close(logits(model), first, rtol=0, atol=0)
 
 
@@ -334,11 +416,32 @@ def test_export_from_trained_pruner_masks() -> None:
         pruner.ffn.log_alpha[0] = -4.0
     with attach_gates(model, pruner):
         gated = logits(model)
-    gates = pruner.deterministic_gates()
+    gates = pruner.deterministic_gates(meet_target=False)  # the gates of the eval forward above
     structure = export_pruned(model, gates)
     torch.testing.assert_close(logits(model), gated, atol=1e-5, rtol=1e-5)
     assert not structure["layers"][2]["mha_kept"] and not structure["layers"][0]["ffn_kept"]
     assert structure == structure_from_gates(gates, HIDDEN)
+
+
+@pytest.mark.parametrize("target", [0.7, 0.95])
+def test_export_of_target_meeting_gates_reproduces_their_logits(target: float) -> None:
+    """Top-up gates (fresh pruner; at 0.95 every FFN and some MHA blocks go) export to the gated logits."""
+    model = tiny_model()
+    torch.manual_seed(0)
+    pruner = L0Pruner(model.config, target_sparsity=target)
+    gates = pruner.deterministic_gates()
+    with attach_gates(model, pruner):
+        cofi_logits = logits(model)  # eval forward: CoFi's rule alone
+    with attach_gates(model, gates):
+        gated = logits(model)
+    assert (gated - cofi_logits).abs().max() > 1e-3  # the top-up changed the model
+    structure = export_pruned(model, gates)
+    torch.testing.assert_close(logits(model), gated, atol=1e-5, rtol=1e-5)
+    assert encoder_weight_count(model) == structure_weights(structure)
+    assert structure_sparsity(structure) >= target
+    if target == 0.95:
+        assert not any(l["ffn_kept"] for l in structure["layers"])
+        assert any(not l["mha_kept"] for l in structure["layers"])
 
 
 def test_export_refuses_a_model_with_gate_hooks_still_attached() -> None:
@@ -397,9 +500,10 @@ def test_real_minilm_export_matches_gates() -> None:
         for gate in pruner.gate_modules().values():
             gate.log_alpha.normal_(0.5, 2.0)
         pruner.mha.log_alpha[4] = -4.0
-    with attach_gates(model, pruner):
+    gates = pruner.deterministic_gates()
+    with attach_gates(model, gates):
         gated = logits(model)
-    structure = export_pruned(model, pruner.deterministic_gates())
+    structure = export_pruned(model, gates)
     torch.testing.assert_close(logits(model), gated, atol=1e-5, rtol=1e-4)
     assert encoder_weight_count(model) == structure_weights(structure)
-    assert 0.0 < structure_sparsity(structure) < 1.0
+    assert 0.5 <= structure_sparsity(structure) < 1.0

@@ -18,7 +18,6 @@ from .export import ConstantSublayer, PrunedAttention, PrunedIntermediate, apply
 from .gates import GATE_GROUPS, HardConcreteGate, L0Pruner, LagrangianTerms
 from .masking import GateHandles, attach_gates, check_gates, has_gate_hooks
 from .sparsity import (
-    count_parameters,
     encoder_weight_count,
     expected_encoder_weights,
     full_encoder_weights,
@@ -43,7 +42,6 @@ __all__ = [
     "apply_structure",
     "attach_gates",
     "check_gates",
-    "count_parameters",
     "encoder_weight_count",
     "expected_encoder_weights",
     "export_pruned",

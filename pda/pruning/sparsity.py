@@ -2,7 +2,7 @@
 
 Convention (CoFi's): "encoder weights" are the weight matrices of the encoder layers' Q, K, V,
 attention-output, FFN-in and FFN-out ``nn.Linear`` modules. Biases, LayerNorms, embeddings,
-pooler, classifier and adapters are NOT in it. ``count_parameters`` gives real module counts.
+pooler, classifier and adapters are NOT in it. ``pda.measure.count_parameters`` gives real module counts.
 """
 
 from __future__ import annotations
@@ -106,18 +106,6 @@ def encoder_weight_count(model: nn.Module) -> int:
     return total
 
 
-def count_parameters(model: nn.Module) -> dict[str, int]:
-    """Real ``nn.Parameter`` counts: total, encoder (all params under ``encoder``, incl. biases,
-    LayerNorms and adapters inside layers), embeddings, trainable. Shared tensors count once."""
-    base = _base(model)
-    return {
-        "total": _numel(model.parameters()),
-        "encoder": _numel(base.encoder.parameters()),
-        "embeddings": _numel(base.embeddings.parameters()),
-        "trainable": _numel(p for p in model.parameters() if p.requires_grad),
-    }
-
-
 def _numel(params) -> int:
     return sum(p.numel() for p in params)
 
@@ -128,3 +116,48 @@ def _base(model: nn.Module) -> nn.Module:
     if not hasattr(base, "encoder"):
         raise ValueError(f"{type(model).__name__} has no BERT encoder (expected model.base_model.encoder.layer)")
     return base
+
+
+def gates_meeting_target(gates: Mapping[str, torch.Tensor], head_score: torch.Tensor, int_score: torch.Tensor,
+                         hidden_size: int, target: float) -> dict[str, torch.Tensor]:
+    """Zero further heads / FFN units of ``gates`` until their exact sparsity reaches ``target``.
+
+    Exact sparsity is ``structure_sparsity(structure_from_gates(gates, hidden_size))``: a head costs
+    4 d head_dim weights, an FFN unit 2 d, and a head (unit) counts as kept iff z_head * z_MHA
+    (z_int * z_FFN) > 0. If ``gates`` already reach ``target`` they are returned unchanged (a copy).
+    Otherwise the kept heads and units are ranked TOGETHER by ascending score (``head_score``
+    (L, H), ``int_score`` (L, F); ties: heads before units, then by index) and removed in that
+    order, each subtracting its own cost, until the sparsity is >= ``target``. The greedy stop
+    means the result overshoots ``target`` by less than one removed structure's cost / full.
+    A layer whose remaining heads (units) were all removed here also gets z_MHA (z_FFN) = 0, so
+    the block is switched off as a whole. Gates that stay kept keep their (fractional) value.
+    """
+    out = {k: v.detach().clone() for k, v in gates.items()}
+    head_on = (out["head"] * out["mha"][:, None]) > 0
+    unit_on = (out["int"] * out["ffn"][:, None]) > 0
+    layers, heads = head_on.shape
+    head_cost, unit_cost = 4 * hidden_size * (hidden_size // heads), 2 * hidden_size
+    full = layers * (heads * head_cost + unit_on.shape[1] * unit_cost)
+    kept = int(head_on.sum()) * head_cost + int(unit_on.sum()) * unit_cost
+    if 1.0 - kept / full >= target:
+        return out
+    on = torch.cat([head_on.flatten(), unit_on.flatten()]).cpu()
+    score = torch.cat([head_score.detach().flatten(), int_score.detach().flatten()]).cpu().double()
+    cost = torch.cat([torch.full((head_on.numel(),), head_cost, dtype=torch.int64),
+                      torch.full((unit_on.numel(),), unit_cost, dtype=torch.int64)])
+    candidates = torch.nonzero(on).flatten()
+    candidates = candidates[torch.argsort(score[candidates], stable=True)]  # nonzero() is ascending: ties by index
+    removed = torch.cumsum(cost[candidates], 0)
+    # same float arithmetic as structure_sparsity, so the check there agrees exactly
+    reached = 1.0 - (kept - removed).double() / full >= target
+    chosen = candidates[: int(torch.nonzero(reached)[0]) + 1]  # reachable: removing everything gives 1 > target
+    is_head = chosen < head_on.numel()
+    head_idx, unit_idx = chosen[is_head], chosen[~is_head] - head_on.numel()
+    out["head"].view(-1)[head_idx.to(out["head"].device)] = 0
+    out["int"].view(-1)[unit_idx.to(out["int"].device)] = 0
+    for name, block, idx, width in (("head", "mha", head_idx, heads), ("int", "ffn", unit_idx, unit_on.shape[1])):
+        emptied = torch.unique(idx // width).to(out[block].device)
+        gated = out[name] * out[block][:, None]
+        emptied = emptied[~(gated[emptied] > 0).any(dim=1)]
+        out[block][emptied] = 0
+    return out
