@@ -1,14 +1,22 @@
-"""A study: the grid of runs, each executed as a parameterised notebook by papermill, resumable."""
+"""A study: the grid of runs, each executed as a parameterised notebook by papermill, resumable.
+
+Serial and parallel studies share everything but the executor: ``attempt`` decides whether a
+run is skipped (a dependency failed) or executed, ``execute_run`` executes it under its
+lock unless its result exists, and ``Progress`` reports. Serially the runs go in grid order
+(dependencies first); in parallel each is a Dask task that waits for its dependencies.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from pda import scaleout
 from pda.config import StudyConfig, load_params
 from pda.runs import RunSpec, dependencies, expand_grid, is_done, run_dir
 
@@ -43,64 +51,188 @@ def execute_notebook(notebook: str, output: Path, parameters: dict, kernel_name:
     )
 
 
-def run_parameters(params_file: Path, spec: RunSpec) -> dict:
-    return {"params_file": str(Path(params_file).resolve()), "task": spec.task, "scenario": spec.scenario,
-            "sparsity": spec.sparsity, "seed": spec.seed}
+def run_parameters(params_file: Path, spec: RunSpec, torch_threads: int | None = None) -> dict:
+    """The notebook's parameters; ``torch_threads`` only when a parallel study caps it."""
+    params = {"params_file": str(Path(params_file).resolve()), "task": spec.task, "scenario": spec.scenario,
+              "sparsity": spec.sparsity, "seed": spec.seed}
+    if torch_threads is not None:
+        params["torch_threads"] = torch_threads
+    return params
 
 
-def execute_run(params_file: Path, cfg: StudyConfig, spec: RunSpec, kernel_name: str = KERNEL_NAME) -> Outcome:
-    """Execute one run's notebook unless its result already exists; never raises for a failed run."""
+def torch_threads_for(cfg: StudyConfig, budget: int | None) -> int | None:
+    """The parameter file's ``torch_threads``, lowered to the run's share of the cores if needed."""
+    if budget is None:
+        return None
+    return min(cfg.torch_threads or budget, budget)
+
+
+def execute_run(params_file: Path, cfg: StudyConfig, spec: RunSpec, kernel_name: str = KERNEL_NAME,
+                thread_budget: int | None = None, stale_after: float = scaleout.STALE_AFTER_S) -> Outcome:
+    """Execute one run's notebook unless its result already exists; never raises for a failed run.
+
+    The run's lock makes a second attempt (a resubmitted task, a second study) wait for the
+    first and then find its result, so a run is made once. On a Dask worker without an
+    explicit ``thread_budget`` the worker's own share of threads is used.
+    """
     rid = spec.run_id
-    if is_done(cfg, rid):
-        return Outcome(spec, "cached", run_dir(cfg, rid) / "notebook.ipynb")
     out_nb = run_dir(cfg, rid) / "notebook.ipynb"
-    start = time.perf_counter()
-    try:
-        execute_notebook(notebook_for(spec), out_nb, run_parameters(params_file, spec), kernel_name)
-    except Exception as exc:  # noqa: BLE001 - a failed run is reported, the study goes on
-        message = str(exc).strip().splitlines()
-        return Outcome(spec, "failed", out_nb, message[-1] if message else type(exc).__name__,
-                       time.perf_counter() - start)
+    if is_done(cfg, rid):
+        return Outcome(spec, "cached", out_nb)
+    threads = torch_threads_for(cfg, thread_budget or scaleout.worker_thread_budget())
+    with scaleout.RunLock(run_dir(cfg, rid), stale_after=stale_after):
+        if is_done(cfg, rid):  # made by whoever held the lock while we waited
+            return Outcome(spec, "cached", out_nb)
+        start = time.perf_counter()
+        try:
+            execute_notebook(notebook_for(spec), out_nb, run_parameters(params_file, spec, threads), kernel_name)
+        except Exception as exc:  # noqa: BLE001 - a failed run is reported, the study goes on
+            message = str(exc).strip().splitlines()
+            return Outcome(spec, "failed", out_nb, message[-1] if message else type(exc).__name__,
+                           time.perf_counter() - start)
     if not is_done(cfg, rid):
         return Outcome(spec, "failed", out_nb, "notebook finished without writing result.json",
                        time.perf_counter() - start)
     return Outcome(spec, "done", out_nb, seconds=time.perf_counter() - start)
 
 
+def attempt(spec: RunSpec, execute: Callable[[RunSpec], Outcome], *dependency_outcomes: Outcome) -> Outcome:
+    """Skip a run whose dependency failed or was skipped (naming it), else execute it.
+
+    The one place this rule lives: the serial loop calls it in grid order, Dask calls it as
+    the task of each run, with the outcomes of the dependencies' tasks as arguments.
+    """
+    bad = [o for o in dependency_outcomes if o.status in ("failed", "skipped")]
+    if bad:
+        return Outcome(spec, "skipped", error=f"dependency {bad[0].spec.run_id} {bad[0].status}")
+    return execute(spec)
+
+
+class Progress:
+    """One tqdm bar over the runs, with done / failed / skipped / running counts in its postfix."""
+
+    def __init__(self, total: int) -> None:
+        from tqdm.auto import tqdm
+
+        self.counts = {"done": 0, "failed": 0, "skipped": 0, "running": 0}
+        self.bar = tqdm(total=total, desc="study", unit="run")
+        self._write = tqdm.write
+
+    def running(self, n: int) -> None:
+        if n != self.counts["running"]:
+            self.counts["running"] = n
+            self.bar.set_postfix(self.counts)
+
+    def finished(self, outcome: Outcome) -> None:
+        key = "done" if outcome.status == "cached" else outcome.status
+        self.counts[key] += 1
+        self.bar.set_postfix(self.counts, refresh=False)
+        self.bar.update(1)
+        if outcome.status == "failed":
+            self._write(f"FAILED {outcome.spec.run_id}: {outcome.error} (see {outcome.notebook})")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def run_serial(params_file: Path, cfg: StudyConfig, specs: list[RunSpec],
                execute: Callable[[RunSpec], Outcome] | None = None) -> list[Outcome]:
-    """Runs in dependency order; a run whose dependency failed is skipped with the reason."""
-    from tqdm import tqdm
-
-    execute = execute or (lambda s: execute_run(params_file, cfg, s))
+    """Runs in grid order (dependencies first), in this process."""
+    execute = execute or functools.partial(execute_run, params_file, cfg)
     outcomes: dict[RunSpec, Outcome] = {}
-    bar = tqdm(specs, desc="study", unit="run")
-    for spec in bar:
-        bad = [d for d in dependencies(spec) if d in outcomes and outcomes[d].status in ("failed", "skipped")]
-        if bad:
-            outcomes[spec] = Outcome(spec, "skipped", error=f"dependency {bad[0].run_id} {outcomes[bad[0]].status}")
-        else:
-            bar.set_postfix_str(spec.run_id)
-            outcomes[spec] = execute(spec)
-        if outcomes[spec].status == "failed":
-            tqdm.write(f"FAILED {spec.run_id}: {outcomes[spec].error} (see {outcomes[spec].notebook})")
+    progress = Progress(len(specs))
+    try:
+        for spec in specs:
+            progress.running(1)
+            outcomes[spec] = attempt(spec, execute, *[outcomes[d] for d in dependencies(spec) if d in outcomes])
+            progress.running(0)
+            progress.finished(outcomes[spec])
+    finally:
+        progress.close()
     return [outcomes[s] for s in specs]
 
 
-def run_study(params_file: Path, workers: int = 0, scheduler: str | None = None,
-              kernel_name: str = KERNEL_NAME) -> list[Outcome]:
-    """Validate the parameters, execute the data notebook, every run, then the analysis notebook."""
+def run_parallel(client: Any, cfg: StudyConfig, specs: list[RunSpec], execute: Callable[[RunSpec], Outcome],
+                 poll: float = 1.0) -> list[Outcome]:
+    """Every run as a Dask task that depends on its dependencies' tasks; outcomes in grid order.
+
+    ``execute`` runs on the workers, so it must pickle (a ``functools.partial`` of
+    ``execute_run`` does). A task that raises (a worker lost too often: ``KilledWorker``) is a
+    failed run; Dask then errs its dependents too, which are reported as skipped.
+    """
+    futures = scaleout.submit_runs(client, specs, dependencies, attempt, execute)
+    outcomes: dict[RunSpec, Outcome] = {}
+    progress = Progress(len(specs))
+    try:
+        while len(outcomes) < len(specs):
+            for spec in specs:  # grid order: a dependency's outcome is recorded before its dependents'
+                future = futures[spec]
+                if spec in outcomes or not future.done():
+                    continue
+                if future.status == "finished":
+                    outcomes[spec] = future.result()
+                else:
+                    outcomes[spec] = _erred(spec, future, [outcomes.get(d) for d in dependencies(spec)])
+                progress.finished(outcomes[spec])
+            pending = [s for s in specs if s not in outcomes]
+            progress.running(sum((run_dir(cfg, s.run_id) / scaleout.LOCK_FILE).exists() for s in pending))
+            if pending:
+                time.sleep(poll)
+    finally:
+        progress.close()
+        for future in futures.values():
+            future.cancel()
+    return [outcomes[s] for s in specs]
+
+
+def _erred(spec: RunSpec, future: Any, dependency_outcomes: list[Outcome | None]) -> Outcome:
+    bad = [o for o in dependency_outcomes if o is not None and o.status in ("failed", "skipped")]
+    if bad:
+        return Outcome(spec, "skipped", error=f"dependency {bad[0].spec.run_id} {bad[0].status}")
+    try:
+        exc = future.exception()
+    except BaseException as cancelled:  # noqa: BLE001 - a cancelled future has no exception to give
+        exc = cancelled
+    return Outcome(spec, "failed", error=f"{type(exc).__name__}: {exc}")
+
+
+def run_study(params_file: Path, workers: int = 0, scheduler: Any = None, kernel_name: str = KERNEL_NAME,
+              analysis: bool = True, stale_after: float = scaleout.STALE_AFTER_S) -> list[Outcome]:
+    """Validate the parameters, execute every run, then the analysis notebook.
+
+    Serial by default; ``workers`` > 0 runs them on a local Dask cluster of that many
+    single-threaded processes, each run with ``cores // workers`` torch threads; ``scheduler``
+    (an address or a cluster object) sends them to an existing Dask cluster instead.
+    """
     cfg = load_params(params_file)
     specs = expand_grid(cfg)
-    outcomes = run_serial(params_file, cfg, specs, lambda s: execute_run(params_file, cfg, s, kernel_name))
+    if scheduler is None and workers <= 0:
+        execute = functools.partial(execute_run, params_file, cfg, kernel_name=kernel_name, stale_after=stale_after)
+        outcomes = run_serial(params_file, cfg, specs, execute)
+    else:
+        budget = scaleout.thread_budget(workers) if scheduler is None else None  # remote: each worker decides
+        execute = functools.partial(execute_run, params_file, cfg, kernel_name=kernel_name,
+                                    thread_budget=budget, stale_after=stale_after)
+        with scaleout.connect(workers, scheduler) as client:
+            print(scaleout.dashboard_note(client), flush=True)
+            if budget is not None:
+                print(f"{workers} workers, {budget} torch thread(s) per run on {scaleout.cpu_count()} cores", flush=True)
+            outcomes = run_parallel(client, cfg, specs, execute)
+    if analysis:
+        outcomes.extend(run_analysis(params_file, cfg, kernel_name))
+    return outcomes
+
+
+def run_analysis(params_file: Path, cfg: StudyConfig, kernel_name: str = KERNEL_NAME) -> list[Outcome]:
+    """The analysis notebook over whatever runs finished; its failure is one more failed outcome."""
     analysis_nb = Path(cfg.output_dir) / "notebooks" / "99_analysis.ipynb"
     try:
         execute_notebook("99_analysis.ipynb", analysis_nb, {"params_file": str(Path(params_file).resolve())},
                          kernel_name)
     except Exception as exc:  # noqa: BLE001
         print(f"analysis notebook failed: {exc} (see {analysis_nb})", file=sys.stderr)
-        outcomes.append(Outcome(RunSpec("*", "analysis", None, 0), "failed", analysis_nb, str(exc)))
-    return outcomes
+        return [Outcome(RunSpec("*", "analysis", None, 0), "failed", analysis_nb, str(exc))]
+    return []
 
 
 def summarize(outcomes: list[Outcome]) -> str:
@@ -111,5 +243,6 @@ def summarize(outcomes: list[Outcome]) -> str:
     for o in outcomes:
         if o.status in ("failed", "skipped"):
             where = f" (notebook: {o.notebook})" if o.notebook else ""
-            lines.append(f"  {o.status.upper()} {o.spec.run_id}: {o.error}{where}")
+            name = "analysis notebook" if o.spec.scenario == "analysis" else o.spec.run_id
+            lines.append(f"  {o.status.upper()} {name}: {o.error}{where}")
     return "\n".join(lines)

@@ -106,10 +106,6 @@ def encoder_weight_count(model: nn.Module) -> int:
     return total
 
 
-def _numel(params) -> int:
-    return sum(p.numel() for p in params)
-
-
 def _base(model: nn.Module) -> nn.Module:
     """The BertModel inside a task model (or the model itself)."""
     base = getattr(model, "base_model", model)
