@@ -216,7 +216,9 @@ def run_study(params_file: Path, workers: int = 0, scheduler: Any = None, kernel
         with scaleout.connect(workers, scheduler) as client:
             print(scaleout.dashboard_note(client), flush=True)
             if budget is not None:
-                print(f"{workers} workers, {budget} torch thread(s) per run on {scaleout.cpu_count()} cores", flush=True)
+                cores = scaleout.cpu_count()
+                crowded = " (more workers than cores: runs will compete)" if workers > cores else ""
+                print(f"{workers} workers, {budget} torch thread(s) per run on {cores} cores{crowded}", flush=True)
             outcomes = run_parallel(client, cfg, specs, execute)
     if analysis:
         outcomes.extend(run_analysis(params_file, cfg, kernel_name))
