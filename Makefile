@@ -28,7 +28,7 @@ smoke: setup
 	$(PY) -m pda study parameters/smoke.yaml
 
 plan: setup
-	$(PY) -m pda plan $(PARAMS)
+	$(PY) -m pda plan $(PARAMS) --workers 2 $(PLAN_ARGS)
 
 test: setup
 	$(PY) -m pytest tests notebooks --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
