@@ -75,30 +75,61 @@ def evaluate(model: torch.nn.Module, data: TaskData, batch_size: int, device: to
     return task_metrics(data.task, per_split)
 
 
-def distill_loss(teacher: torch.nn.Module, data: TaskData, cfg: RunConfig, device: torch.device):
-    """Student loss = alpha * T^2 * KL(teacher || student at temperature T) + (1 - alpha) * task loss."""
+class TrainableModule:
+    """Extra trainable parameters for the loop (the layer-distillation map), with no loss of their own."""
+
+    def __init__(self, module: torch.nn.Module, learning_rate: float) -> None:
+        self.module, self.learning_rate = module, learning_rate
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        return [{"params": list(self.module.parameters()), "lr": self.learning_rate, "weight_decay": 0.0}]
+
+    def extra_loss(self, step: int, total_steps: int) -> tuple[torch.Tensor, dict[str, float]]:
+        return torch.zeros(()), {}
+
+
+def distill_loss(model: torch.nn.Module, teacher: torch.nn.Module, data: TaskData, cfg: RunConfig,
+                 device: torch.device) -> tuple[Any, tuple[TrainableModule, ...]]:
+    """Student loss = alpha * T^2 * KL(teacher || student at temperature T) + (1 - alpha) * task loss.
+
+    With ``distill.layer_distill`` (CoFi's layer loss, off by default) each student layer's hidden
+    states are also matched, through a learned linear map, to the teacher layer it was copied
+    from; the teacher then runs online (its hidden states are not cached).
+    """
     d = cfg.study.distill
+    distiller = None
+    if d.layer_distill:
+        mapping = getattr(model.config, "pda_student_layers", None) or list(range(model.config.num_hidden_layers))
+        distiller = distill.LayerDistiller(model.config.hidden_size, teacher.config.hidden_size, mapping).to(device)
     cache = None
-    if d.cache_teacher_logits:
+    if d.cache_teacher_logits and distiller is None:
         rows = max(int(i) for i in data.train["idx"]) + 1
         cache = distill.TeacherLogitCache(rows, data.task.num_labels).fill(
             teacher.to(device), make_loader(data.train, data.tokenizer, cfg.study.training.eval_batch_size, False, 0))
 
     def loss_fn(model, batch):
-        logits = model(**model_inputs(batch, device)).logits
+        inputs = model_inputs(batch, device)
+        out = model(**inputs, output_hidden_states=distiller is not None)
+        logits = out.logits
         if cache is not None:
             t_logits = cache.get(batch["idx"]).to(device)
         else:
             with torch.no_grad():
-                t_logits = teacher(**model_inputs(batch, device)).logits
+                t_out = teacher(**inputs, output_hidden_states=distiller is not None)
+            t_logits = t_out.logits
         loss = distill.kd_loss(logits, t_logits, batch["labels"].to(device), d.temperature, d.alpha,
                                data.task.is_regression)
         logs = {}
+        if distiller is not None:
+            layer_loss = distiller(out.hidden_states, t_out.hidden_states, inputs.get("attention_mask"))
+            loss = loss + d.layer_distill_weight * layer_loss
+            logs["layer_distill_loss"] = float(layer_loss.detach())
         if not data.task.is_regression:
             logs["teacher_agreement"] = float((logits.argmax(-1) == t_logits.argmax(-1)).float().mean())
         return loss, logs
 
-    return loss_fn
+    extensions = (TrainableModule(distiller, cfg.study.training.learning_rate),) if distiller is not None else ()
+    return loss_fn, extensions
 
 
 def load_run_model(cfg: RunConfig, spec: RunSpec) -> torch.nn.Module:
@@ -174,12 +205,14 @@ def run(cfg: RunConfig, with_dependencies: bool = False) -> RunRecord:
     data = prepare_data(cfg, tokenizer)
     t = study.training
     model, teacher, lr = build_model(cfg, data)
-    loss_fn = distill_loss(teacher, data, cfg, device) if teacher is not None else task_loss(data.task.is_regression)
+    loss_fn, extensions = ((distill_loss(model, teacher, data, cfg, device)) if teacher is not None
+                           else (task_loss(data.task.is_regression), ()))
     loader = make_loader(data.train, tokenizer, t.batch_size, True, cfg.seed, t.group_by_length)
     eval_fn = lambda: evaluate(model, data, t.eval_batch_size, device)  # noqa: E731
     common = dict(device=device, precision=study.precision, weight_decay=t.weight_decay,
                   warmup_ratio=t.warmup_ratio, max_grad_norm=t.max_grad_norm,
-                  evaluate=eval_fn, eval_every_steps=t.eval_every_steps, log_every_steps=t.log_every_steps)
+                  evaluate=eval_fn, eval_every_steps=t.eval_every_steps, log_every_steps=t.log_every_steps,
+                  extensions=extensions)
     record_extra: dict[str, Any] = {}
     energy_cm = measure.track_energy if study.measure.energy else None
     with (energy_cm(out, study.measure.country_iso_code, "train") if energy_cm else nullcontext()) as train_energy:

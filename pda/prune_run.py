@@ -49,15 +49,17 @@ def prune_and_export(model: torch.nn.Module, loader: DataLoader, cfg: RunConfig,
                       droprate_init=p.droprate_init, prune_hidden=p.prune_hidden)
     pruner.to(next(model.parameters()).device)
     extension = PruningExtension(pruner, p.gate_learning_rate, p.lagrangian_learning_rate)
+    common = dict(common)
+    others = tuple(common.pop("extensions", ()))  # e.g. the layer-distillation map
     with attach_gates(model, pruner):
-        gated = fit(model, loader, epochs=p.epochs, learning_rate=lr, loss_fn=loss_fn, extensions=(extension,),
-                    desc=f"prune {cfg.task} {cfg.scenario} {cfg.sparsity}", **common)
+        gated = fit(model, loader, epochs=p.epochs, learning_rate=lr, loss_fn=loss_fn,
+                    extensions=(extension, *others), desc=f"prune {cfg.task} {cfg.scenario} {cfg.sparsity}", **common)
         expected = float(pruner.expected_sparsity().detach())
         gates = pruner.deterministic_gates()
     structure = export_pruned(model, gates)
     if cfg.flags["adapters"]:
         pda_adapters.freeze_for_adapters(model)  # export may create fresh layers that would train otherwise
-    tuned = fit(model, loader, epochs=p.finetune_epochs, learning_rate=lr, loss_fn=loss_fn,
+    tuned = fit(model, loader, epochs=p.finetune_epochs, learning_rate=lr, loss_fn=loss_fn, extensions=others,
                 desc=f"fine-tune pruned {cfg.task} {cfg.scenario}", **common)
     history = History(steps=gated.steps + tuned.steps, train_time_s=gated.train_time_s + tuned.train_time_s,
                       log=_tag(gated, "prune") + _tag(tuned, "finetune", gated.steps), evals=gated.evals + tuned.evals)

@@ -77,3 +77,12 @@ def test_measured_run_records_size_speed_flops_and_energy(make_params):
     assert rec.energy["train"]["kwh"] >= 0 and rec.energy["train"]["country_iso_code"] == "DNK"
     assert 0 < rec.bytes_on_disk < rec.teacher_bytes_on_disk
     assert rec.environment["device"] == "cpu" and rec.environment["precision"] == "fp32"
+
+
+def test_layer_distillation_trains_the_map_and_logs_its_loss(make_params):
+    study = config.load_params(make_params(**{**TINY, "distill": {"layer_distill": True}}))
+    rec = pipeline.run(config.for_run(study, "mrpc", "P+D", 0.5, 0), with_dependencies=True)
+    for rid in ("mrpc-D-seed0", rec.run_id):
+        log = json.loads((run_dir(study, rid) / "history.json").read_text())["log"]
+        assert all(row["layer_distill_loss"] >= 0 for row in log)
+    assert rec.pruning["achieved_vs_input"] >= 0.5
