@@ -119,7 +119,7 @@ def _structure_summary(structure: dict[str, Any] | None) -> dict[str, float]:
     layers = sorted((structure or {}).get("layers") or [], key=lambda l: l.get("layer", 0))
     if not layers:
         return out
-    heads = [0.0 if l.get("mha_kept") is False else _num(l.get("heads_kept")) for l in layers]
+    heads = [0.0 if l.get("mha_kept") is False else _heads_count(l.get("heads_kept")) for l in layers]
     units = [0.0 if l.get("ffn_kept") is False else _num(l.get("ffn_units_kept")) for l in layers]
     num_heads = [_num(l.get("num_heads")) for l in layers]
     ffn_size = [_num(l.get("ffn_size")) for l in layers]
@@ -546,6 +546,11 @@ def _carbon_sentence(c: dict[str, Any]) -> str:
 
 # ----------------------------------------------------------------------------- survival
 
+def _heads_count(kept: Any) -> float:
+    """Run records list the kept head indices; a bare count is accepted too."""
+    return float(len(kept)) if isinstance(kept, (list, tuple)) else _num(kept)
+
+
 def survival_matrix(records: Iterable[RunRecord], average_seeds: bool = True) -> dict[Any, dict[str, Any]]:
     """Per pruned run (key run_id) or per (task, scenario, sparsity) averaged over seeds: a layers x
     SURVIVAL_COLUMNS matrix (heads kept / num_heads, MHA kept 0/1, FFN units kept / ffn_size, FFN kept 0/1).
@@ -561,7 +566,7 @@ def survival_matrix(records: Iterable[RunRecord], average_seeds: bool = True) ->
         for l in layers:
             mha, ffn = l.get("mha_kept"), l.get("ffn_kept")
             per_layer[int(l.get("layer", len(per_layer)))] = [
-                0.0 if mha is False else _ratio(_num(l.get("heads_kept")), _num(l.get("num_heads"))),
+                0.0 if mha is False else _ratio(_heads_count(l.get("heads_kept")), _num(l.get("num_heads"))),
                 math.nan if mha is None else float(bool(mha)),
                 0.0 if ffn is False else _ratio(_num(l.get("ffn_units_kept")), _num(l.get("ffn_size"))),
                 math.nan if ffn is None else float(bool(ffn)),

@@ -57,7 +57,7 @@ def structure(sparsity: float, ffn_first: bool, last_first: bool, layers: int = 
         w = 0.5 + (i if last_first else layers - 1 - i) / (layers - 1)
         heads = int(round(12 * min(1.0, max(0.0, 1 - sparsity * w * a_mha))))
         units = int(round(3072 * min(1.0, max(0.0, 1 - sparsity * w * a_ffn))))
-        out.append({"layer": i, "heads_kept": heads, "num_heads": 12, "mha_kept": heads > 0,
+        out.append({"layer": i, "heads_kept": list(range(heads)), "num_heads": 12, "mha_kept": heads > 0,
                     "ffn_units_kept": units, "ffn_size": 3072, "ffn_kept": units > 0})
     return {"layers": out, "hidden_kept": 768, "hidden_size": 768}
 
@@ -262,12 +262,12 @@ def test_carbon_statement_totals_and_modes() -> None:
 def test_survival_matrix_averages_seeds() -> None:
     a = make_run("rte", "P", 0.5, 0, TRUE_WORLD[("P", 0.5)])
     b = make_run("rte", "P", 0.5, 1, TRUE_WORLD[("P", 0.5)])
-    b.structure["layers"][0].update(heads_kept=0, mha_kept=False)
+    b.structure["layers"][0].update(heads_kept=[], mha_kept=False)
     sm = analysis.survival_matrix([a, b, make_run("rte", "FT", None, 0, TRUE_WORLD[("FT", None)])])
     assert list(sm) == [("rte", "P", 0.5)]
     item = sm[("rte", "P", 0.5)]
     assert item["n_runs"] == 2 and item["values"].shape == (6, 4) and item["layers"] == list(range(6))
-    heads0 = a.structure["layers"][0]["heads_kept"] / 12
+    heads0 = len(a.structure["layers"][0]["heads_kept"]) / 12
     assert item["values"][0, 0] == pytest.approx(heads0 / 2) and item["values"][0, 1] == pytest.approx(0.5)
     assert item["values"][5, 2] == pytest.approx(a.structure["layers"][5]["ffn_units_kept"] / 3072)
     assert len(analysis.survival_matrix([a, b], average_seeds=False)) == 2
