@@ -250,7 +250,10 @@ def recommendations(data: pd.DataFrame, tolerance: float = 1.0) -> pd.DataFrame:
     carries the actual ``tolerance``).
 
     Eligible recipes on a task are those whose mean main metric is >= FT's mean on that task
-    minus ``tolerance`` points (FT itself is eligible). Among eligible recipes:
+    minus ``tolerance`` points and, when a ``base`` run exists, strictly above the base (linear
+    probe) mean, so a model collapsed to the majority class never wins on size or speed (with
+    F1 as MRPC's metric, predicting "paraphrase" everywhere scores 81.2). FT itself is
+    eligible. Among eligible recipes:
 
     - keep accuracy: the non-FT recipe with the highest mean metric; if no non-FT recipe is
       eligible, FT is recommended and the note names the best other recipe and its gap;
@@ -273,6 +276,9 @@ def recommendations(data: pd.DataFrame, tolerance: float = 1.0) -> pd.DataFrame:
             continue
         ft_mean = _val(ft, "main_metric_value_mean")
         eligible = task_rows[task_rows["main_metric_value_mean"] >= ft_mean - tolerance]
+        base = task_rows[task_rows["scenario"] == "base"]["main_metric_value_mean"].dropna()
+        if not base.empty:  # a recipe no better than the untouched encoder's probe has learned nothing
+            eligible = eligible[(eligible["scenario"] == "FT") | (eligible["main_metric_value_mean"] > base.iloc[0])]
         rows.append(_keep_accuracy(task, task_rows, eligible, ft, ft_mean, tolerance))
         for priority, column, best in (
             (PRIORITIES[1], "params_total_mean", "min"),
@@ -675,7 +681,8 @@ def write_report(records_dir: Path, out_path: Path, figures_dir: Path, tolerance
             "## Main metric per task", "", markdown_table(accuracy_table(agg)), "",
             "## Size, speed and energy per recipe (mean over tasks)", "", markdown_table(efficiency_table(agg)), "",
             f"## Recommendations (accuracy tolerance {tolerance:g} point(s))", "",
-            "Eligible recipes on a task are those whose mean main metric is at least FT's mean minus the tolerance. "
+            "Eligible recipes on a task are those whose mean main metric is at least FT's mean minus the tolerance "
+            "and above the base (linear probe) run's, so a collapsed model never wins. "
             "*Keep accuracy*: the eligible non-FT recipe with the highest mean metric (FT if none). "
             "*Smallest size*: eligible recipe with the fewest mean total parameters. "
             "*Fastest*: eligible recipe with the highest mean measured speed-up vs the teacher at that batch size. "

@@ -348,3 +348,14 @@ def test_adapter_speed_claim_compares_speed_ups_not_raw_latencies_across_runs() 
                 stats["latency_ms_median"] /= 10
                 stats["teacher_latency_ms_median"] /= 10
     assert verdicts(records)["(4)"] == "refuted"
+
+
+def test_recipes_no_better_than_the_linear_probe_are_never_recommended(true_frame: pd.DataFrame) -> None:
+    loose = analysis.recommendations(true_frame, tolerance=100.0)
+    assert pick(loose, "rte", "smallest")["recipe"] == "P+D+A 90%"
+    frame = true_frame.copy()
+    rte = frame["task"].eq("rte")
+    collapsed = rte & frame["scenario"].eq("P+D+A") & frame["sparsity"].eq(0.9)
+    frame.loc[collapsed, "main_metric_value"] = frame.loc[rte & frame["scenario"].eq("base"), "main_metric_value"].mean()
+    recs = analysis.recommendations(frame, tolerance=100.0)
+    assert "P+D+A 90%" not in set(recs[recs["task"] == "rte"]["recipe"].dropna())
