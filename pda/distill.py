@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pda.train import model_inputs
+
 # Keys of a batch that go into a BERT forward (the rest, e.g. ``labels``/``idx``, do not).
-MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
 # Config attributes that are lists with one entry per layer but are not per-layer.
 _NOT_PER_LAYER = {"architectures", "pda_student_layers"}
@@ -180,11 +181,6 @@ class LayerDistiller(nn.Module):
             else:
                 losses.append(err.mean())
         return torch.stack(losses).mean()
-
-
-def model_inputs(batch: Mapping[str, Tensor], device: torch.device | str | None = None) -> dict[str, Tensor]:
-    """The BERT forward inputs of ``batch`` (drops ``labels``, ``idx``, ...), optionally moved to ``device``."""
-    return {k: (v.to(device) if device is not None else v) for k, v in batch.items() if k in MODEL_INPUT_KEYS}
 
 
 def teacher_logits(teacher: nn.Module, batch: Mapping[str, Tensor]) -> Tensor:

@@ -79,9 +79,12 @@ def make_loader(ds, tokenizer, batch_size: int, shuffle: bool, seed: int,
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator)
 
 
-def model_inputs(batch: Batch, device: torch.device) -> Batch:
-    """Tensors the model's forward takes (``idx`` and ``labels`` stay out)."""
-    return {k: v.to(device) for k, v in batch.items() if k not in ("idx", "labels")}
+MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def model_inputs(batch: Batch, device: torch.device | str | None = None) -> Batch:
+    """The tensors a BERT forward takes (``idx``, ``labels`` and anything else stay out)."""
+    return {k: (v.to(device) if device is not None else v) for k, v in batch.items() if k in MODEL_INPUT_KEYS}
 
 
 def task_loss(regression: bool) -> LossFn:
