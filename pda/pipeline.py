@@ -23,10 +23,10 @@ from pda.config import RunConfig, for_run
 from pda.data import load_split, subsample, tokenize
 from pda.metrics import predictions_from_logits, task_metrics
 from pda.models import load_pretrained_for_task, load_tokenizer, resolve_model_source
-from pda.records import RunRecord, atomic_write_text, read_record, write_record
+from pda.records import RunRecord, atomic_write_text, write_record
 from pda.runs import MODEL_DIR, RunSpec, dependencies, is_done, parent_of, run_dir, teacher_of
 from pda.tasks import TaskSpec, get_task
-from pda.train import History, fit, make_loader, model_inputs, pick_device, predict, seed_everything, task_loss
+from pda.train import fit, make_loader, model_inputs, pick_device, predict, seed_everything, task_loss
 
 
 def configure_environment(online: bool) -> None:
