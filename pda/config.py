@@ -263,6 +263,19 @@ def load_params(path: str | Path, **changes: Any) -> StudyConfig:
     return validate(cfg)
 
 
+def share_cores(cfg: StudyConfig, threads: int | None) -> StudyConfig:
+    """A run's share of the cores in a parallel study (None: keep the file's settings).
+
+    Training and the speed benchmark both stay within the share, so concurrent runs on one
+    machine never oversubscribe it; the record states the threads each measurement used.
+    """
+    if threads is None:
+        return cfg
+    _check_number("torch_threads", threads, 1, integer=True)
+    measure = dataclasses.replace(cfg.measure, threads=min(cfg.measure.threads, threads))
+    return dataclasses.replace(cfg, torch_threads=min(cfg.torch_threads or threads, threads), measure=measure)
+
+
 def for_run(cfg: StudyConfig, task: str, scenario: str, sparsity: float | None, seed: int) -> RunConfig:
     """The config of one run: group overrides, then task overrides, applied to the study settings."""
     spec = get_task(task)

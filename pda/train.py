@@ -149,7 +149,8 @@ def fit(
     if not trainable:
         raise ValueError("nothing to train: every parameter of the model is frozen")
     groups = [{"params": trainable, "lr": learning_rate, "weight_decay": weight_decay}]
-    optimizer = torch.optim.AdamW(groups)
+    # The fused kernel: one pass over all weights; the per-tensor loop took ~1/6 of a CPU step.
+    optimizer = torch.optim.AdamW(groups, fused=device.type in ("cpu", "cuda"))
     ext_optimizers = []
     for ext in extensions:
         for group in ext.param_groups():

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from pda import records
-from pda.config import ConfigError, for_run, load_params
+from pda.config import ConfigError, for_run, load_params, share_cores
 from pda.records import RunRecord, atomic_write_text, read_all_records, write_record
 from pda.runs import RunSpec, dependencies, expand_grid, run_dir, run_id
 from pda.study import Outcome, execute_run, run_serial
@@ -141,3 +141,13 @@ def test_run_ids_are_readable_and_distinct():
     assert run_id("mrpc", "P+D+A", 0.9, 0) == "mrpc-P+D+A-sp90-seed0"
     assert run_id("sst2", "FT", None, 1) == "sst2-FT-seed1"
     assert run_id("mrpc", "P", 0.95, 0) != run_id("mrpc", "P", 0.9, 0)
+
+
+def test_share_cores_caps_training_and_benchmark_threads(make_params):
+    study = load_params(make_params(torch_threads=2, measure={"threads": 2}))
+    shared = share_cores(study, 1)
+    assert (shared.torch_threads, shared.measure.threads) == (1, 1)
+    assert (study.torch_threads, study.measure.threads) == (2, 2)  # the file's settings are not mutated
+    assert share_cores(study, None) is study
+    with pytest.raises(ConfigError, match="torch_threads"):
+        share_cores(study, 0)
