@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from pda.config import ConfigError
@@ -34,9 +35,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "study":
             from pda.study import run_study, summarize
 
+            start = time.perf_counter()
             outcomes = run_study(args.params, args.workers, args.scheduler, args.kernel,
                                  analysis=not args.no_analysis, stale_after=args.stale_lock)
             print(summarize(outcomes))
+            print(f"wall time {(time.perf_counter() - start) / 60:.1f} min")
             return 1 if any(o.status in ("failed", "skipped") for o in outcomes) else 0
         if args.command == "plan":
             from pda.plan import plan as make_plan
