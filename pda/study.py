@@ -43,11 +43,15 @@ class Outcome:
 def execute_notebook(notebook: str, output: Path, parameters: dict, kernel_name: str = KERNEL_NAME) -> None:
     """Run one notebook with papermill; the executed copy is the record of what ran."""
     import papermill
+    from traitlets.config import Config
 
     output.parent.mkdir(parents=True, exist_ok=True)
+    # Encrypt kernel traffic when the kernel supports it (ours does); otherwise ipykernel warns on
+    # every kernel start, once per run.
+    encrypted = Config({"KernelManager": {"transport_encryption": "auto"}})
     papermill.execute_notebook(
         str(NOTEBOOKS_DIR / notebook), str(output), parameters=parameters, kernel_name=kernel_name,
-        cwd=str(NOTEBOOKS_DIR), progress_bar=False, log_output=False,
+        cwd=str(NOTEBOOKS_DIR), progress_bar=False, log_output=False, config=encrypted,
     )
 
 
