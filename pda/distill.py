@@ -14,8 +14,6 @@ from torch import Tensor, nn
 
 from pda.train import model_inputs
 
-# Keys of a batch that go into a BERT forward (the rest, e.g. ``labels``/``idx``, do not).
-
 # Config attributes that are lists with one entry per layer but are not per-layer.
 _NOT_PER_LAYER = {"architectures", "pda_student_layers"}
 

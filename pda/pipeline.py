@@ -205,7 +205,7 @@ def run(cfg: RunConfig, with_dependencies: bool = False) -> RunRecord:
     data = prepare_data(cfg, tokenizer)
     t = study.training
     model, teacher, lr = build_model(cfg, data)
-    loss_fn, extensions = ((distill_loss(model, teacher, data, cfg, device)) if teacher is not None
+    loss_fn, extensions = (distill_loss(model, teacher, data, cfg, device) if teacher is not None
                            else (task_loss(data.task.is_regression), ()))
     loader = make_loader(data.train, tokenizer, t.batch_size, True, cfg.seed, t.group_by_length)
     eval_fn = lambda: evaluate(model, data, t.eval_batch_size, device)  # noqa: E731

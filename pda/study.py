@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pda import scaleout
-from pda.config import StudyConfig, load_params
+from pda.config import StudyConfig, load_params, share_cores
 from pda.runs import RunSpec, dependencies, expand_grid, is_done, run_dir
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
@@ -66,9 +66,7 @@ def run_parameters(params_file: Path, spec: RunSpec, torch_threads: int | None =
 
 def torch_threads_for(cfg: StudyConfig, budget: int | None) -> int | None:
     """The parameter file's ``torch_threads``, lowered to the run's share of the cores if needed."""
-    if budget is None:
-        return None
-    return min(cfg.torch_threads or budget, budget)
+    return None if budget is None else share_cores(cfg, budget).torch_threads
 
 
 def execute_run(params_file: Path, cfg: StudyConfig, spec: RunSpec, kernel_name: str = KERNEL_NAME,

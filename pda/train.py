@@ -79,6 +79,7 @@ def make_loader(ds, tokenizer, batch_size: int, shuffle: bool, seed: int,
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator)
 
 
+# Keys of a batch that go into a BERT forward (the rest, e.g. ``labels``/``idx``, do not).
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
 
