@@ -10,6 +10,7 @@ from typing import Any, get_type_hints
 
 import yaml
 
+from pda.data import DataNotFoundError, locate_task
 from pda.tasks import TASKS, get_task
 
 # A scenario is a set of flags; the labels are what records, figures and tables show.
@@ -186,12 +187,6 @@ def check_sparsity(value: Any) -> float:
     return float(value)
 
 
-def resolve_data_dir(data_dir: str | None) -> Path | None:
-    """Parameter first, then env ``PDA_GLUE_DIR``; None means 'load from the hub'."""
-    chosen = data_dir or os.environ.get("PDA_GLUE_DIR")
-    return Path(chosen).expanduser().resolve() if chosen else None
-
-
 def validate(cfg: StudyConfig) -> StudyConfig:
     """Reject a bad parameter set before any training, naming the bad value and what is valid."""
     for task in cfg.tasks:
@@ -232,13 +227,15 @@ def validate(cfg: StudyConfig) -> StudyConfig:
         if key not in groups and key.lower() not in TASKS:
             raise ConfigError(f"overrides key {key!r} is neither a task {sorted(TASKS)} nor a group {sorted(groups)}")
         _build(StudyConfig, cfg.overrides[key], f"overrides[{key}].")  # typos inside overrides too
-    data_dir = resolve_data_dir(cfg.data_dir)
-    if data_dir is None and not cfg.online:
-        raise ConfigError("no data_dir: set data_dir in the parameter file or PDA_GLUE_DIR, "
-                          "or set online: true to load GLUE from the hub")
-    if data_dir is not None and not data_dir.is_dir():
-        raise ConfigError(f"data_dir {str(data_dir)!r} does not exist; point it at a glue_data/-style "
-                          "folder (TASK/train.tsv, TASK/dev.tsv) or set PDA_GLUE_DIR")
+    if cfg.data_dir and not Path(cfg.data_dir).expanduser().is_dir():
+        raise ConfigError(f"data_dir {str(cfg.data_dir)!r} does not exist; point it at a glue_data/-style "
+                          "folder (TASK/train.tsv, TASK/dev.tsv), or leave it null to use PDA_GLUE_DIR, "
+                          "the repository's data/glue, or the hub (online: true)")
+    for task in cfg.tasks:
+        try:
+            locate_task(get_task(task), cfg.data_dir, cfg.online)
+        except DataNotFoundError as err:
+            raise ConfigError(str(err)) from None
     if cfg.model != EMBEDDED_MODEL and not cfg.online and "/" not in cfg.model and not Path(cfg.model).exists():
         raise ConfigError(f"model {cfg.model!r} is not a local path; use 'embedded', a local "
                           "directory, or set online: true to load it from the hub")

@@ -1,8 +1,17 @@
-"""GLUE splits as `datasets.Dataset`s: from a local glue_data/ folder (TSV) or from the hub when online."""
+"""GLUE splits as `datasets.Dataset`s: from a local glue_data/ folder (TSV) or from the hub when online.
+
+Where a task's data comes from is decided in one place, ``locate_task``, used by runs, notebooks,
+tests and ``plan`` alike. Per task, the first hit wins: ``data_dir`` of the parameter file, then
+``$PDA_GLUE_DIR``, then the repository's own ``data/glue`` (CoLA, SST-2, MRPC, RTE, STS-B ship
+with the project), then the hub (``nyu-mll/glue``) when ``online``; otherwise an error names
+every place it looked.
+"""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
+import os
 from pathlib import Path
 
 import datasets
@@ -11,6 +20,55 @@ import pandas as pd
 from pda.tasks import TaskSpec
 
 HUB_DATASET = "nyu-mll/glue"
+GLUE_DIR_ENV = "PDA_GLUE_DIR"
+REPO_GLUE_DIR = Path(__file__).resolve().parent.parent / "data" / "glue"
+
+
+class DataNotFoundError(FileNotFoundError):
+    """No source holds a task's data; the message lists every place that was looked at."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSource:
+    """Where one task's splits come from: a ``glue_data/``-style folder, or the hub (``folder`` None)."""
+
+    task: str
+    folder: Path | None
+    origin: str  # which rule found it, e.g. "PDA_GLUE_DIR" or "the repository's data/glue"
+
+    @property
+    def is_hub(self) -> bool:
+        return self.folder is None
+
+    def describe(self) -> str:
+        return f"hub {HUB_DATASET}" if self.is_hub else f"{self.folder} ({self.origin})"
+
+
+def candidate_folders(data_dir: str | os.PathLike | None) -> list[tuple[str, Path]]:
+    """The local folders to look in, in order: parameter, environment variable, the repository's copy."""
+    found = []
+    if data_dir:
+        found.append(("data_dir in the parameter file", Path(data_dir).expanduser()))
+    env = os.environ.get(GLUE_DIR_ENV)
+    if env:
+        found.append((GLUE_DIR_ENV, Path(env).expanduser()))
+    found.append(("the repository's data/glue", REPO_GLUE_DIR))
+    return found
+
+
+def locate_task(task: TaskSpec, data_dir: str | os.PathLike | None, online: bool) -> DataSource:
+    """The first source that holds ``task``: a folder with ``TASK/train.tsv``, else the hub when ``online``."""
+    looked = []
+    for origin, folder in candidate_folders(data_dir):
+        if (folder / task.folder / "train.tsv").is_file():
+            return DataSource(task.name, folder.resolve(), origin)
+        looked.append(f"{folder / task.folder} ({origin})")
+    if online:
+        return DataSource(task.name, None, "online: true")
+    raise DataNotFoundError(
+        f"{task.name}: no {task.folder}/train.tsv in " + "; ".join(looked)
+        + f". Point data_dir or {GLUE_DIR_ENV} at a glue_data/-style folder that has {task.folder}/, "
+        f"or set online: true to load {HUB_DATASET} from the hub")
 
 
 def split_file(task: TaskSpec, data_dir: Path, split: str) -> Path:
@@ -50,10 +108,10 @@ def _hub_split(split: str) -> str:
             "dev_mismatched": "validation_mismatched"}.get(split, split)
 
 
-def load_split(task: TaskSpec, split: str, data_dir: Path | None) -> datasets.Dataset:
+def load_split(task: TaskSpec, split: str, source: DataSource) -> datasets.Dataset:
     """One split (``train`` or one of ``task.dev_splits``) with columns text fields, ``label``, ``idx``."""
-    if data_dir is not None:
-        return read_tsv(task, split_file(task, data_dir, split))
+    if not source.is_hub:
+        return read_tsv(task, split_file(task, source.folder, split))
     ds = datasets.load_dataset(HUB_DATASET, task.hub_name, split=_hub_split(split))
     return ds.select_columns([*task.text_fields, "label", "idx"])
 

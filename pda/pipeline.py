@@ -20,7 +20,7 @@ import transformers
 from pda import adapters as pda_adapters
 from pda import checkpoint, distill, measure
 from pda.config import RunConfig, for_run
-from pda.data import load_split, subsample, tokenize
+from pda.data import load_split, locate_task, subsample, tokenize
 from pda.metrics import predictions_from_logits, task_metrics
 from pda.models import load_pretrained_for_task, load_tokenizer, resolve_model_source
 from pda.records import RunRecord, atomic_write_text, write_record
@@ -52,9 +52,9 @@ class TaskData:
 
 def prepare_data(cfg: RunConfig, tokenizer) -> TaskData:
     study, task = cfg.study, get_task(cfg.task)
-    data_dir = Path(study.data_dir) if study.data_dir else None
-    train = subsample(load_split(task, "train", data_dir), study.max_train_samples, study.data_seed)
-    dev = {s: subsample(load_split(task, s, data_dir), study.max_eval_samples, study.data_seed)
+    source = locate_task(task, study.data_dir, study.online)
+    train = subsample(load_split(task, "train", source), study.max_train_samples, study.data_seed)
+    dev = {s: subsample(load_split(task, s, source), study.max_eval_samples, study.data_seed)
            for s in task.dev_splits}
     tok = lambda ds: tokenize(ds, task, tokenizer, study.max_seq_length)  # noqa: E731
     return TaskData(task, tok(train), {s: sort_by_length(tok(ds)) for s, ds in dev.items()}, tokenizer)

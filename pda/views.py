@@ -8,8 +8,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from pda.config import RunConfig, StudyConfig, resolve_data_dir
-from pda.data import load_split
+from pda.config import RunConfig, StudyConfig
+from pda.data import load_split, locate_task
 from pda.records import RunRecord
 from pda.runs import run_dir, run_id
 from pda.tasks import get_task
@@ -37,12 +37,12 @@ def describe_run(cfg: RunConfig) -> str:
 def data_overview(study: StudyConfig) -> pd.DataFrame:
     """Rows per split next to the official count, and the majority-class share."""
     rows = []
-    data_dir = resolve_data_dir(study.data_dir)
     for name in study.tasks:
         task = get_task(name)
+        source = locate_task(task, study.data_dir, study.online)
         official = dict(task.official_rows)
         for split in ("train", *task.dev_splits):
-            ds = load_split(task, split, data_dir)
+            ds = load_split(task, split, source)
             labels = np.asarray(list(ds["label"]))
             majority = None if task.is_regression else round(float(np.bincount(labels).max() / len(labels)) * 100, 1)
             rows.append({"task": name, "split": split, "rows": len(ds), "official": official.get(split),
@@ -55,11 +55,10 @@ def plot_token_lengths(study: StudyConfig):
     from pda.models import load_tokenizer
 
     tokenizer = load_tokenizer(study.model)
-    data_dir = resolve_data_dir(study.data_dir)
     fig, axes = plt.subplots(1, len(study.tasks), figsize=(4.5 * len(study.tasks), 3.2), squeeze=False)
     for ax, name in zip(axes[0], study.tasks):
         task = get_task(name)
-        ds = load_split(task, "train", data_dir)
+        ds = load_split(task, "train", locate_task(task, study.data_dir, study.online))
         ds = ds.select(range(min(len(ds), 2000)))
         texts = [list(ds[f]) for f in task.text_fields]
         lengths = [len(ids) for ids in tokenizer(*texts)["input_ids"]]

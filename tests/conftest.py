@@ -1,4 +1,4 @@
-"""Shared fixtures: offline hub, the shared GLUE folder, and a smoke parameter file in a temp dir."""
+"""Shared fixtures: offline hub, the GLUE data the repository ships, and a smoke parameter file in a temp dir."""
 
 from __future__ import annotations
 
@@ -13,19 +13,26 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _glue_dir() -> Path:
-    env = os.environ.get("PDA_GLUE_DIR")
-    return Path(env) if env else (ROOT.parent / "shared" / "glue")
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 @pytest.fixture(scope="session")
 def glue_dir() -> Path:
-    path = _glue_dir()
-    if not (path / "MRPC" / "train.tsv").is_file():
-        pytest.fail(f"GLUE data not found at {path}; set PDA_GLUE_DIR to a glue_data/-style folder")
-    return path
+    """The repository's own data/glue: the tests check what the project ships, whatever PDA_GLUE_DIR says."""
+    from pda.data import REPO_GLUE_DIR
+
+    if not (REPO_GLUE_DIR / "MRPC" / "train.tsv").is_file():
+        pytest.fail(f"the repository's GLUE data is missing at {REPO_GLUE_DIR} (data/glue is tracked in git)")
+    return REPO_GLUE_DIR
+
+
+@pytest.fixture(scope="session")
+def glue_source(glue_dir):
+    """A DataSource per task name, on the repository's data."""
+    from pda.data import locate_task
+    from pda.tasks import get_task
+
+    return lambda name: locate_task(get_task(name), glue_dir, online=False)
 
 
 @pytest.fixture

@@ -52,10 +52,15 @@ def test_bad_parameters_fail_by_name_before_any_work(make_params, changes, messa
         load_params(make_params(**changes))
 
 
-def test_missing_data_dir_offline_says_how_to_fix(make_params, monkeypatch):
+def test_a_task_with_no_data_offline_says_how_to_fix(make_params, monkeypatch):
     monkeypatch.delenv("PDA_GLUE_DIR", raising=False)
-    with pytest.raises(ConfigError, match="PDA_GLUE_DIR"):
-        load_params(make_params(data_dir=None))
+    with pytest.raises(ConfigError, match=r"qnli: no QNLI/train.tsv in .*PDA_GLUE_DIR.*online: true"):
+        load_params(make_params(data_dir=None, tasks=["mrpc", "qnli"]))
+
+
+def test_no_data_dir_uses_the_repository_data(make_params, monkeypatch, glue_dir):
+    monkeypatch.delenv("PDA_GLUE_DIR", raising=False)
+    assert load_params(make_params(data_dir=None)).data_dir is None
 
 
 def test_pruned_run_rejects_bad_sparsity_and_unpruned_run_ignores_it(make_params):

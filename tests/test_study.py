@@ -48,18 +48,17 @@ def write_params(path: Path, glue: Path, **changes) -> Path:
 @pytest.fixture(scope="module")
 def parallel_study(tmp_path_factory, glue_dir) -> SimpleNamespace:
     """One parallel study, shared by two tests to save notebook runs: mrpc FT and A, and rte FT
-    and D, where RTE's train.tsv is missing so rte-FT fails and rte-D must be skipped."""
+    and D, where RTE's model folder is broken so rte-FT fails and rte-D must be skipped."""
     root = tmp_path_factory.mktemp("parallel")
-    glue = root / "glue"
-    (glue / "RTE").mkdir(parents=True)
-    (glue / "MRPC").symlink_to(glue_dir / "MRPC")
-    (glue / "RTE" / "dev.tsv").symlink_to(glue_dir / "RTE" / "dev.tsv")
-    params = write_params(root / "parameters" / "parallel.yaml", glue, tasks=["mrpc", "rte"],
-                          scenarios=["FT", "A"], overrides={"rte": {"scenarios": ["FT", "D"]}})
+    broken = root / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    params = write_params(root / "parameters" / "parallel.yaml", glue_dir, tasks=["mrpc", "rte"],
+                          scenarios=["FT", "A"], overrides={"rte": {"scenarios": ["FT", "D"], "model": str(broken)}})
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         code = main(["study", str(params), "--workers", "2", "--no-analysis"])
-    return SimpleNamespace(params=params, cfg=load_params(params), code=code, out=out.getvalue(), glue=glue)
+    return SimpleNamespace(params=params, cfg=load_params(params), code=code, out=out.getvalue(), broken=broken)
 
 
 def test_parallel_study_gives_the_serial_metrics(parallel_study, tmp_path, glue_dir):
@@ -75,7 +74,9 @@ def test_parallel_study_gives_the_serial_metrics(parallel_study, tmp_path, glue_
         assert executed["metadata"]["papermill"]["parameters"]["torch_threads"] == 1  # min(file's 1, cores // 2)
 
 
-def test_failed_task_skips_only_its_dependents_and_resume_runs_only_the_missing(parallel_study, glue_dir):
+def test_failed_task_skips_only_its_dependents_and_resume_runs_only_the_missing(parallel_study):
+    from pda.models import embedded_model_dir
+
     cfg, out = parallel_study.cfg, parallel_study.out
     assert parallel_study.code == 1
     assert "FAILED rte-FT-seed0" in out and "SKIPPED rte-D-seed0: dependency rte-FT-seed0 failed" in out
@@ -84,7 +85,11 @@ def test_failed_task_skips_only_its_dependents_and_resume_runs_only_the_missing(
     assert not (run_dir(cfg, "rte-FT-seed0") / scaleout.LOCK_FILE).exists()  # a failed run releases its lock
     before = {rid: (run_dir(cfg, rid) / "result.json").stat().st_mtime_ns for rid in ("mrpc-FT-seed0", "mrpc-A-seed0")}
 
-    (parallel_study.glue / "RTE" / "train.tsv").symlink_to(glue_dir / "RTE" / "train.tsv")
+    for name in ("config.json", "model.safetensors", "vocab.txt", "tokenizer.json", "tokenizer_config.json",
+                 "special_tokens_map.json"):  # repair the model folder: the failed runs now succeed
+        (parallel_study.broken / name).unlink(missing_ok=True)
+        if (embedded_model_dir() / name).exists():
+            (parallel_study.broken / name).symlink_to(embedded_model_dir() / name)
     outcomes = {o.spec.run_id: o.status for o in run_study(parallel_study.params, analysis=False)}
     assert outcomes == {"mrpc-FT-seed0": "cached", "mrpc-A-seed0": "cached", "rte-FT-seed0": "done",
                         "rte-D-seed0": "done"}

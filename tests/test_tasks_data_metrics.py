@@ -1,10 +1,13 @@
-"""The task registry, the TSV loader (row counts of the shared data) and GLUE metrics on known values."""
+"""The task registry, where data comes from, the TSV loader (the shipped data's rows and checksums) and GLUE metrics."""
 
 from __future__ import annotations
 
 import pytest
 
-from pda.data import load_split, read_tsv
+import hashlib
+import re
+
+from pda.data import DataNotFoundError, DataSource, load_split, locate_task, read_tsv
 from pda.metrics import glue_metrics, task_metrics
 from pda.tasks import GLUE_HIGH, GLUE_LOW, TASKS, get_task
 
@@ -27,26 +30,26 @@ def test_unknown_task_error_lists_valid_tasks():
 
 
 @pytest.mark.parametrize("name", AVAILABLE)
-def test_shared_tsvs_load_with_official_row_counts(name, glue_dir):
+def test_shipped_tsvs_load_with_official_row_counts(name, glue_source):
     task = get_task(name)
     for split, rows in task.official_rows:
-        ds = load_split(task, split, glue_dir)
+        ds = load_split(task, split, glue_source(name))
         assert len(ds) == rows, f"{name}/{split}: {len(ds)} rows, official {rows}"
         assert set(ds.column_names) == {*task.text_fields, "label", "idx"}
 
 
-def test_quotes_inside_sentences_survive(glue_dir):
+def test_quotes_inside_sentences_survive(glue_source):
     """A CSV parser with default quoting would merge rows at MRPC's unbalanced quotes."""
-    ds = load_split(get_task("mrpc"), "dev", glue_dir)
+    ds = load_split(get_task("mrpc"), "dev", glue_source("mrpc"))
     assert any(s.startswith('"') for s in ds["sentence2"])
     assert ds[0]["label"] in (0, 1)
 
 
-def test_label_strings_map_to_registry_order(glue_dir):
-    rte = load_split(get_task("rte"), "dev", glue_dir)
+def test_label_strings_map_to_registry_order(glue_source):
+    rte = load_split(get_task("rte"), "dev", glue_source("rte"))
     assert sorted(set(rte["label"])) == [0, 1]
     assert sum(1 for x in rte["label"] if x == 0) == 146  # entailment count from the MANIFEST
-    stsb = load_split(get_task("stsb"), "dev", glue_dir)
+    stsb = load_split(get_task("stsb"), "dev", glue_source("stsb"))
     assert 0.0 <= min(stsb["label"]) and max(stsb["label"]) <= 5.0
 
 
@@ -59,7 +62,45 @@ def test_unexpected_label_is_named(tmp_path):
 
 def test_missing_split_names_expected_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="RTE/train.tsv"):
-        load_split(get_task("rte"), "train", tmp_path)
+        load_split(get_task("rte"), "train", DataSource("rte", tmp_path, "test"))
+
+
+def test_shipped_files_match_the_checksums_in_their_readme(glue_dir):
+    """data/glue/README.md is the provenance record: every file it lists is there, byte for byte."""
+    listed = re.findall(r"^([0-9a-f]{64})  (\S+\.tsv)$", (glue_dir / "README.md").read_text(), re.M)
+    shipped = sorted(p.relative_to(glue_dir).as_posix() for p in glue_dir.glob("*/*.tsv"))
+    assert sorted(name for _, name in listed) == shipped and len(shipped) == 10
+    for digest, name in listed:
+        assert hashlib.sha256((glue_dir / name).read_bytes()).hexdigest() == digest, name
+
+
+def _glue_folder(root, *folders):
+    for folder in folders:
+        (root / folder).mkdir(parents=True)
+        (root / folder / "train.tsv").write_text("x\n")
+    return root
+
+
+def test_data_resolution_order_parameter_then_env_then_repository(tmp_path, monkeypatch, glue_dir):
+    param = _glue_folder(tmp_path / "param", "MRPC")
+    env = _glue_folder(tmp_path / "env", "MRPC", "RTE")
+    monkeypatch.setenv("PDA_GLUE_DIR", str(env))
+    mrpc, rte, cola = (get_task(t) for t in ("mrpc", "rte", "cola"))
+    assert locate_task(mrpc, param, online=False).folder == param.resolve()
+    assert locate_task(rte, param, online=False).folder == env.resolve()  # per task: the first that has it
+    assert locate_task(cola, param, online=False).folder == glue_dir.resolve()
+    monkeypatch.delenv("PDA_GLUE_DIR")
+    assert locate_task(rte, None, online=False).origin == "the repository's data/glue"
+
+
+def test_a_task_found_nowhere_names_every_place_and_the_hub(tmp_path, monkeypatch):
+    monkeypatch.setenv("PDA_GLUE_DIR", str(tmp_path / "env"))
+    qnli = get_task("qnli")
+    with pytest.raises(DataNotFoundError) as err:
+        locate_task(qnli, tmp_path / "param", online=False)
+    for place in ("param/QNLI", "env/QNLI", "data/glue/QNLI", "online: true", "nyu-mll/glue"):
+        assert place in str(err.value)
+    assert locate_task(qnli, tmp_path / "param", online=True).is_hub
 
 
 def test_accuracy_and_f1_on_known_values():
