@@ -85,7 +85,7 @@ class TrainableModule:
         return [{"params": list(self.module.parameters()), "lr": self.learning_rate, "weight_decay": 0.0}]
 
     def extra_loss(self, step: int, total_steps: int) -> tuple[torch.Tensor, dict[str, float]]:
-        return torch.zeros(()), {}
+        return torch.zeros((), device=next(self.module.parameters()).device), {}
 
 
 def distill_loss(model: torch.nn.Module, teacher: torch.nn.Module, data: TaskData, cfg: RunConfig,
@@ -97,6 +97,7 @@ def distill_loss(model: torch.nn.Module, teacher: torch.nn.Module, data: TaskDat
     from; the teacher then runs online (its hidden states are not cached).
     """
     d = cfg.study.distill
+    teacher.to(device).eval()  # online (layer distillation) or to fill the cache: either way on the run's device
     distiller = None
     if d.layer_distill:
         mapping = getattr(model.config, "pda_student_layers", None) or list(range(model.config.num_hidden_layers))
@@ -105,7 +106,7 @@ def distill_loss(model: torch.nn.Module, teacher: torch.nn.Module, data: TaskDat
     if d.cache_teacher_logits and distiller is None:
         rows = max(int(i) for i in data.train["idx"]) + 1
         cache = distill.TeacherLogitCache(rows, data.task.num_labels).fill(
-            teacher.to(device), make_loader(data.train, data.tokenizer, cfg.study.training.eval_batch_size, False, 0))
+            teacher, make_loader(data.train, data.tokenizer, cfg.study.training.eval_batch_size, False, 0))
 
     def loss_fn(model, batch):
         inputs = model_inputs(batch, device)
@@ -205,6 +206,7 @@ def run(cfg: RunConfig, with_dependencies: bool = False) -> RunRecord:
     data = prepare_data(cfg, tokenizer)
     t = study.training
     model, teacher, lr = build_model(cfg, data)
+    model.to(device)  # before anything attaches to it (gates, distiller) or evaluates it, even with 0 steps
     loss_fn, extensions = (distill_loss(model, teacher, data, cfg, device) if teacher is not None
                            else (task_loss(data.task.is_regression), ()))
     loader = make_loader(data.train, tokenizer, t.batch_size, True, cfg.seed, t.group_by_length)
@@ -230,7 +232,7 @@ def run(cfg: RunConfig, with_dependencies: bool = False) -> RunRecord:
     model_dir = out / MODEL_DIR
     checkpoint.save_model(model, model_dir, tokenizer=tokenizer)
     atomic_write_text(out / "history.json", json.dumps(dataclasses.asdict(history), indent=1) + "\n")
-    reference = load_pretrained_for_task(study.model, data.task)  # the uncompressed architecture
+    reference = load_pretrained_for_task(study.model, data.task).to(device)  # the uncompressed architecture
     sizes = measurements(model, reference, model_dir, study, device)
     with tempfile.TemporaryDirectory(dir=out) as tmp:  # the reference's weights, saved the same way
         checkpoint.save_model(reference, Path(tmp) / MODEL_DIR)
@@ -254,8 +256,11 @@ def run(cfg: RunConfig, with_dependencies: bool = False) -> RunRecord:
 
 
 def measurements(model, reference, model_dir: Path, study, device) -> dict[str, Any]:
-    """Size, FLOPs and speed of the final model next to the uncompressed reference, in one process."""
+    """Size, FLOPs and speed of the final model next to the uncompressed reference, in one process, both on
+    ``device``: a speed-up is only ever a ratio of two latencies measured on the same device."""
     m = study.measure
+    model.to(device)
+    reference.to(device)
     params, ref_params = measure.count_parameters(model), measure.count_parameters(reference)
     out: dict[str, Any] = {
         "params": params, "teacher_params": ref_params,

@@ -47,7 +47,7 @@ def prune_and_export(model: torch.nn.Module, loader: DataLoader, cfg: RunConfig,
     steps = max(1, math.ceil(len(loader) * p.epochs))
     pruner = L0Pruner(model.config, cfg.sparsity, warmup_steps=int(p.sparsity_warmup_ratio * steps),
                       droprate_init=p.droprate_init, prune_hidden=p.prune_hidden)
-    pruner.to(next(model.parameters()).device)
+    pruner.to(common["device"])  # the training device, whatever device the model arrived on
     extension = PruningExtension(pruner, p.gate_learning_rate, p.lagrangian_learning_rate)
     common = dict(common)
     others = tuple(common.pop("extensions", ()))  # e.g. the layer-distillation map
