@@ -11,6 +11,7 @@ from typing import Any, get_type_hints
 import yaml
 
 from pda.data import DataNotFoundError, locate_task
+from pda.precision import PRECISIONS
 from pda.tasks import TASKS, get_task
 
 # A scenario is a set of flags; the labels are what records, figures and tables show.
@@ -61,9 +62,13 @@ class PruningConfig:
     finetune_epochs: float = 1.0
     sparsity_warmup_ratio: float = 0.5  # fraction of pruning steps over which the target rises from 0
     gate_learning_rate: float = 0.1
-    lagrangian_learning_rate: float = 0.1
-    droprate_init: float = 0.5
+    lagrangian_learning_rate: float = 0.1  # lagrangian controller only
+    droprate_init: float = 0.5  # gate_init cofi only
     prune_hidden: bool = False
+    controller: str = "projection"  # or "lagrangian" (CoFi as published); see pda.pruning.control
+    gate_init: str = "importance"  # Fisher importance per weight (Kwon et al. 2022), or "cofi"
+    importance_batches: int = 8
+    importance_spread: float = 2.0  # log_alpha = spread x standardised log importance per weight
 
 
 @dataclasses.dataclass
@@ -111,7 +116,7 @@ class StudyConfig:
     max_seq_length: int = 128
     data_seed: int = 0
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"  # bf16 autocast where the hardware does bf16, else fp32 (pda.precision)
     torch_threads: int | None = None
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
     adapters: AdapterConfig = dataclasses.field(default_factory=AdapterConfig)
@@ -205,8 +210,8 @@ def validate(cfg: StudyConfig) -> StudyConfig:
         _check_number("seed", seed, 0, integer=True)
     if cfg.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"device={cfg.device!r} is not valid; use one of auto, cpu, cuda")
-    if cfg.precision not in ("fp32", "bf16", "fp16"):
-        raise ConfigError(f"precision={cfg.precision!r} is not valid; use one of fp32, bf16, fp16")
+    if cfg.precision not in PRECISIONS:
+        raise ConfigError(f"precision={cfg.precision!r} is not valid; use one of {', '.join(PRECISIONS)}")
     for name in ("max_train_samples", "max_eval_samples"):
         value = getattr(cfg, name)
         if value is not None:
@@ -222,6 +227,11 @@ def validate(cfg: StudyConfig) -> StudyConfig:
     _check_number("pruning.finetune_epochs", cfg.pruning.finetune_epochs, 0.0)
     _check_number("pruning.sparsity_warmup_ratio", cfg.pruning.sparsity_warmup_ratio, 0.0, 1.0,
                   high_inclusive=True)
+    for key, valid in (("controller", ("projection", "lagrangian")), ("gate_init", ("importance", "cofi"))):
+        if getattr(cfg.pruning, key) not in valid:
+            raise ConfigError(f"pruning.{key}={getattr(cfg.pruning, key)!r} is not valid; use one of {', '.join(valid)}")
+    _check_number("pruning.importance_batches", cfg.pruning.importance_batches, 1, integer=True)
+    _check_number("pruning.importance_spread", cfg.pruning.importance_spread, 1e-6)
     for key in cfg.overrides:
         groups = {"GLUE low", "GLUE high"}
         if key not in groups and key.lower() not in TASKS:

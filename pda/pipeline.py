@@ -22,6 +22,7 @@ from pda import checkpoint, distill, measure
 from pda.config import RunConfig, for_run
 from pda.data import load_split, locate_task, subsample, tokenize
 from pda.metrics import predictions_from_logits, task_metrics
+from pda.precision import autocast, precision_info, resolve_precision
 from pda.models import load_pretrained_for_task, load_tokenizer, resolve_model_source
 from pda.records import RunRecord, atomic_write_text, write_record
 from pda.runs import MODEL_DIR, RunSpec, dependencies, is_done, parent_of, run_dir, teacher_of
@@ -66,11 +67,12 @@ def sort_by_length(ds):
     return ds.select(sorted(range(len(ds)), key=lengths.__getitem__))
 
 
-def evaluate(model: torch.nn.Module, data: TaskData, batch_size: int, device: torch.device) -> dict[str, float]:
+def evaluate(model: torch.nn.Module, data: TaskData, batch_size: int, device: torch.device,
+             precision: str = "fp32") -> dict[str, float]:
     """GLUE metrics of ``model`` on every dev split of the task."""
     per_split = {}
     for split, ds in data.dev.items():
-        logits, labels = predict(model, make_loader(ds, data.tokenizer, batch_size, False, 0), device)
+        logits, labels = predict(model, make_loader(ds, data.tokenizer, batch_size, False, 0), device, precision)
         per_split[split] = (predictions_from_logits(data.task, logits), labels)
     return task_metrics(data.task, per_split)
 
@@ -89,7 +91,7 @@ class TrainableModule:
 
 
 def distill_loss(model: torch.nn.Module, teacher: torch.nn.Module, data: TaskData, cfg: RunConfig,
-                 device: torch.device) -> tuple[Any, tuple[TrainableModule, ...]]:
+                 device: torch.device, precision: str = "fp32") -> tuple[Any, tuple[TrainableModule, ...]]:
     """Student loss = alpha * T^2 * KL(teacher || student at temperature T) + (1 - alpha) * task loss.
 
     With ``distill.layer_distill`` (CoFi's layer loss, off by default) each student layer's hidden
@@ -105,8 +107,9 @@ def distill_loss(model: torch.nn.Module, teacher: torch.nn.Module, data: TaskDat
     cache = None
     if d.cache_teacher_logits and distiller is None:
         rows = max(int(i) for i in data.train["idx"]) + 1
-        cache = distill.TeacherLogitCache(rows, data.task.num_labels).fill(
-            teacher, make_loader(data.train, data.tokenizer, cfg.study.training.eval_batch_size, False, 0))
+        with autocast(precision, device):  # the teacher's logits in the precision it will be trained against
+            cache = distill.TeacherLogitCache(rows, data.task.num_labels).fill(
+                teacher, make_loader(data.train, data.tokenizer, cfg.study.training.eval_batch_size, False, 0))
 
     def loss_fn(model, batch):
         inputs = model_inputs(batch, device)
@@ -174,12 +177,12 @@ def build_model(cfg: RunConfig, data: TaskData) -> tuple[torch.nn.Module, torch.
     return model, teacher, lr
 
 
-def environment_info(device: torch.device, precision: str) -> dict[str, Any]:
+def environment_info(device: torch.device, requested: str, precision: str) -> dict[str, Any]:
     name = measure.device_name(device)
     return {
         "device": device.type, "device_name": name, "torch_threads": torch.get_num_threads(),
-        "precision": precision, "torch": torch.__version__, "transformers": transformers.__version__,
-        "python": platform.python_version(),
+        **precision_info(requested, precision, device), "torch": torch.__version__,
+        "transformers": transformers.__version__, "python": platform.python_version(),
     }
 
 
@@ -198,6 +201,7 @@ def run(cfg: RunConfig, with_dependencies: bool = False) -> RunRecord:
     if study.torch_threads:
         torch.set_num_threads(study.torch_threads)
     device = pick_device(study.device)
+    precision = resolve_precision(study.precision, device)
     seed_everything(cfg.seed)
     spec = run_spec(cfg)
     out = run_dir(study, spec.run_id)
@@ -207,11 +211,11 @@ def run(cfg: RunConfig, with_dependencies: bool = False) -> RunRecord:
     t = study.training
     model, teacher, lr = build_model(cfg, data)
     model.to(device)  # before anything attaches to it (gates, distiller) or evaluates it, even with 0 steps
-    loss_fn, extensions = (distill_loss(model, teacher, data, cfg, device) if teacher is not None
+    loss_fn, extensions = (distill_loss(model, teacher, data, cfg, device, precision) if teacher is not None
                            else (task_loss(data.task.is_regression), ()))
     loader = make_loader(data.train, tokenizer, t.batch_size, True, cfg.seed, t.group_by_length)
-    eval_fn = lambda: evaluate(model, data, t.eval_batch_size, device)  # noqa: E731
-    common = dict(device=device, precision=study.precision, weight_decay=t.weight_decay,
+    eval_fn = lambda: evaluate(model, data, t.eval_batch_size, device, precision)  # noqa: E731
+    common = dict(device=device, precision=precision, weight_decay=t.weight_decay,
                   warmup_ratio=t.warmup_ratio, max_grad_norm=t.max_grad_norm,
                   evaluate=eval_fn, eval_every_steps=t.eval_every_steps, log_every_steps=t.log_every_steps,
                   extensions=extensions)
@@ -227,7 +231,7 @@ def run(cfg: RunConfig, with_dependencies: bool = False) -> RunRecord:
     model.eval()
     with (energy_cm(out, study.measure.country_iso_code, "inference") if energy_cm else nullcontext()) as inf_energy:
         start = time.perf_counter()
-        metrics = evaluate(model, data, t.eval_batch_size, device)
+        metrics = evaluate(model, data, t.eval_batch_size, device, precision)
         eval_time = time.perf_counter() - start
     model_dir = out / MODEL_DIR
     checkpoint.save_model(model, model_dir, tokenizer=tokenizer)
@@ -248,7 +252,7 @@ def run(cfg: RunConfig, with_dependencies: bool = False) -> RunRecord:
         train_time_s=round(history.train_time_s, 3), eval_time_s=round(eval_time, 3), train_steps=history.steps,
         energy={"train": train_energy.to_dict() if train_energy else None,
                 "inference": inf_energy.to_dict() if inf_energy else None},
-        environment=environment_info(device, study.precision),
+        environment=environment_info(device, study.precision, precision),
         **sizes, **record_extra,
     )
     write_record(record, out)

@@ -10,25 +10,57 @@ from torch.utils.data import DataLoader
 
 from pda import adapters as pda_adapters
 from pda.config import RunConfig
-from pda.pruning import L0Pruner, attach_gates, export_pruned, structure_sparsity
+from pda.precision import autocast
+from pda.pruning import L0Pruner, attach_gates, export_pruned, structure_sparsity, target_at
+from pda.pruning.control import project_
+from pda.pruning.importance import fisher_importance, init_gates_from_importance
 from pda.train import History, LossFn, fit
 
 
 class PruningExtension:
-    """Plugs the L0 pruner into the training loop: its parameter groups and its Lagrangian term."""
+    """Plugs the L0 pruner into the training loop: its parameter groups, the constraint, and a trace of s vs t.
 
-    def __init__(self, pruner: L0Pruner, gate_lr: float, lambda_lr: float) -> None:
-        self.pruner, self.gate_lr, self.lambda_lr = pruner, gate_lr, lambda_lr
+    ``controller`` is ``lagrangian`` (CoFi: a loss term, multipliers by gradient ascent) or ``projection``
+    (after each step the gates' shared offset is set so the expected sparsity equals the next target).
+    """
+
+    def __init__(self, pruner: L0Pruner, gate_lr: float, lambda_lr: float, controller: str) -> None:
+        self.pruner, self.gate_lr, self.lambda_lr, self.controller = pruner, gate_lr, lambda_lr, controller
+        self.trace: list[tuple[int, float, float]] = []  # (step, expected sparsity, target) at every step
 
     def param_groups(self) -> list[dict[str, Any]]:
-        return self.pruner.param_groups(self.gate_lr, self.lambda_lr)
+        groups = self.pruner.param_groups(self.gate_lr, self.lambda_lr)
+        return groups if self.controller == "lagrangian" else groups[:1]  # projection: gates only
 
     def extra_loss(self, step: int, total_steps: int) -> tuple[torch.Tensor, dict[str, float]]:
-        terms = self.pruner.lagrangian_loss(step)
-        return terms.loss, {
-            "expected_sparsity": float(terms.expected_sparsity), "target_sparsity": float(terms.target),
-            "lambda_1": float(self.pruner.lambda_1.detach()), "lambda_2": float(self.pruner.lambda_2.detach()),
-        }
+        if self.controller == "lagrangian":
+            terms = self.pruner.lagrangian_loss(step)
+            loss, s_hat, target = terms.loss, float(terms.expected_sparsity), float(terms.target)
+            logs = {"lambda_1": float(self.pruner.lambda_1.detach()), "lambda_2": float(self.pruner.lambda_2.detach())}
+        else:
+            loss = torch.zeros((), device=self.pruner.head.log_alpha.device)
+            s_hat = float(self.pruner.expected_sparsity().detach())
+            target = target_at(step, self.pruner.target_sparsity, self.pruner.warmup_steps)
+            logs = {"gate_offset": float(self.pruner.head.offset)}
+        self.trace.append((step, s_hat, target))
+        return loss, {"expected_sparsity": s_hat, "target_sparsity": target, **logs}
+
+    def after_step(self, steps_done: int, total_steps: int) -> None:
+        if self.controller == "projection":
+            project_(self.pruner, target_at(steps_done, self.pruner.target_sparsity, self.pruner.warmup_steps))
+
+
+def tracking_summary(trace: list[tuple[int, float, float]], target: float) -> dict[str, Any]:
+    """How closely s followed t: the largest |s - t| over the last quarter of the steps, and max(s) - target."""
+    if not trace:
+        return {"steps": 0}
+    quarter = trace[len(trace) - max(1, len(trace) // 4):]
+    return {
+        "steps": len(trace),
+        "max_abs_gap_last_quarter": round(max(abs(s - t) for _, s, t in quarter), 6),
+        "max_over_target": round(max(s for _, s, _ in trace) - target, 6),
+        "expected_at_end": round(trace[-1][1], 6),
+    }
 
 
 def _tag(history: History, phase: str, offset: int = 0) -> list[dict[str, float]]:
@@ -38,17 +70,24 @@ def _tag(history: History, phase: str, offset: int = 0) -> list[dict[str, float]
 
 def prune_and_export(model: torch.nn.Module, loader: DataLoader, cfg: RunConfig, lr: float, loss_fn: LossFn,
                      common: dict[str, Any]) -> tuple[torch.nn.Module, History, dict[str, Any]]:
-    """CoFi on ``model``: gates + Lagrangian for ``pruning.epochs``, export to a dense model, then fine-tune it.
+    """CoFi on ``model``: gates + constraint for ``pruning.epochs``, export to a dense model, then fine-tune it.
 
     The target sparsity applies to the model handed in (the FT teacher for P, the distilled
     student for P+D); the run record also states the sparsity against the uncompressed model.
     """
     p = cfg.study.pruning
+    device, precision = common["device"], common.get("precision", "fp32")
     steps = max(1, math.ceil(len(loader) * p.epochs))
     pruner = L0Pruner(model.config, cfg.sparsity, warmup_steps=int(p.sparsity_warmup_ratio * steps),
                       droprate_init=p.droprate_init, prune_hidden=p.prune_hidden)
-    pruner.to(common["device"])  # the training device, whatever device the model arrived on
-    extension = PruningExtension(pruner, p.gate_learning_rate, p.lagrangian_learning_rate)
+    pruner.to(device)  # the training device, whatever device the model arrived on
+    if p.gate_init == "importance":
+        scores = fisher_importance(model, pruner, loader, loss_fn, p.importance_batches,
+                                   autocast=lambda: autocast(precision, device))
+        init_gates_from_importance(pruner, scores, p.importance_spread)
+    if p.controller == "projection":
+        project_(pruner, target_at(0, pruner.target_sparsity, pruner.warmup_steps))
+    extension = PruningExtension(pruner, p.gate_learning_rate, p.lagrangian_learning_rate, p.controller)
     common = dict(common)
     others = tuple(common.pop("extensions", ()))  # e.g. the layer-distillation map
     with attach_gates(model, pruner):
@@ -67,6 +106,9 @@ def prune_and_export(model: torch.nn.Module, loader: DataLoader, cfg: RunConfig,
         "target": cfg.sparsity, "expected_sparsity_at_end": round(expected, 6),
         "achieved_vs_input": round(structure_sparsity(structure), 6),
         "prune_steps": gated.steps, "finetune_steps": tuned.steps,
+        "controller": p.controller, "gate_init": p.gate_init,
+        "tracking": tracking_summary(extension.trace, cfg.sparsity),
+        "trace": [[step, round(s, 5), round(t, 5)] for step, s, t in extension.trace],
         "counts": "encoder weights of Q, K, V, O and FFN in/out (CoFi's convention, no biases/LayerNorm)",
     }
     return model, history, {"structure": structure, "pruning": pruning}

@@ -16,6 +16,8 @@ from tqdm import tqdm
 from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmup
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
+from pda.precision import autocast, autocast_dtype
+
 Batch = dict[str, torch.Tensor]
 LossFn = Callable[[torch.nn.Module, Batch], tuple[torch.Tensor, dict[str, float]]]
 
@@ -26,6 +28,8 @@ class LoopExtension(Protocol):
     def param_groups(self) -> list[dict[str, Any]]: ...
 
     def extra_loss(self, step: int, total_steps: int) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+    # Optional: ``after_step(steps_done, total_steps)``, called after every optimiser step.
 
 
 @dataclasses.dataclass
@@ -52,14 +56,6 @@ def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device: cuda was asked for but torch sees no CUDA device; use auto or cpu")
     return torch.device(name)
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision == "fp32":
-        return None
-    if device.type != "cuda":
-        raise ValueError(f"precision={precision!r} is for CUDA training; on {device.type} use fp32")
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def make_loader(ds, tokenizer, batch_size: int, shuffle: bool, seed: int,
@@ -105,13 +101,16 @@ def task_loss(regression: bool) -> LossFn:
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, loader: Iterable[Batch], device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """Logits and labels over a whole loader, in eval mode."""
+def predict(model: torch.nn.Module, loader: Iterable[Batch], device: torch.device,
+            precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels over a whole loader, in eval mode (under autocast for a bf16/fp16 precision)."""
     was_training = model.training
     model.eval()
     logits, labels = [], []
     for batch in loader:
-        logits.append(model(**model_inputs(batch, device)).logits.float().cpu())
+        with autocast(precision, device):
+            out = model(**model_inputs(batch, device)).logits
+        logits.append(out.float().cpu())
         labels.append(batch["labels"])
     model.train(was_training)
     return torch.cat(logits).numpy(), torch.cat(labels).numpy()
@@ -125,7 +124,7 @@ def fit(
     learning_rate: float,
     loss_fn: LossFn,
     device: torch.device,
-    precision: str = "fp32",
+    precision: str = "fp32",  # resolved: fp32, bf16 or fp16 (see pda.precision)
     weight_decay: float = 0.0,
     warmup_ratio: float = 0.0,
     max_grad_norm: float = 1.0,
@@ -159,7 +158,7 @@ def fit(
             maximize = group.pop("maximize", False)
             ext_optimizers.append(torch.optim.AdamW([group], weight_decay=0.0, maximize=maximize))
     scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * total_steps), total_steps)
-    amp_dtype = autocast_dtype(precision, device)
+    amp_dtype = autocast_dtype(precision)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     start = time.perf_counter()
     step = 0
@@ -186,6 +185,9 @@ def fit(
             scaler.update()
             scheduler.step()
             step += 1
+            for ext in extensions:  # e.g. the projection controller re-centres the gates for the next step
+                if hasattr(ext, "after_step"):
+                    ext.after_step(step, total_steps)
             bar.update(1)
             if step % log_every_steps == 0 or step == total_steps:
                 history.log.append({"step": step, "loss": float(loss.detach()), **logs})

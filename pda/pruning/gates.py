@@ -38,6 +38,8 @@ GATE_GROUPS = ("head", "mha", "int", "ffn")
 class HardConcreteGate(nn.Module):
     """A tensor of hard-concrete gates z in [0, 1] with one learnable ``log_alpha`` per gate.
 
+    Every distribution uses ``log_alpha + offset``: ``offset`` is one scalar shared by all gates of a
+    pruner, set by the projection controller (``L0Pruner.project_``) and 0 under CoFi's Lagrangian.
     Groups for the deterministic (eval) gates run along the last dimension: each row is one
     group in which round(expected number of zeros) gates are switched off.
     """
@@ -50,34 +52,39 @@ class HardConcreteGate(nn.Module):
             raise ValueError(f"droprate_init must be in (0, 1), got {droprate_init!r}")
         mean = math.log(1.0 - droprate_init) - math.log(droprate_init) if init_mean is None else init_mean
         self.log_alpha = nn.Parameter(torch.empty(shape).normal_(mean, init_std))
+        self.register_buffer("offset", torch.zeros(()))
         self.temperature = temperature
+
+    def effective(self) -> torch.Tensor:
+        """``log_alpha + offset``: what every distribution below is computed from."""
+        return self.log_alpha + self.offset
 
     def sample(self) -> torch.Tensor:
         """Training gates: a reparameterised sample, differentiable w.r.t. ``log_alpha``."""
         u = torch.empty_like(self.log_alpha).uniform_(UNIFORM_EPS, 1.0 - UNIFORM_EPS)
-        s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + self.log_alpha) / self.temperature)
+        s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + self.effective()) / self.temperature)
         return (s * (LIMIT_HIGH - LIMIT_LOW) + LIMIT_LOW).clamp(0.0, 1.0)
 
     def prob_nonzero(self) -> torch.Tensor:
         """P(z > 0) = 1 - CDF(0) of each gate, i.e. its expected L0 norm (differentiable)."""
-        return torch.sigmoid(self.log_alpha - self.temperature * math.log(-LIMIT_LOW / LIMIT_HIGH))
+        return torch.sigmoid(self.effective() - self.temperature * math.log(-LIMIT_LOW / LIMIT_HIGH))
 
     @torch.no_grad()
     def log_prob_nonzero(self) -> torch.Tensor:
         """log P(z > 0) in float64, detached: distinguishes gates whose P(z > 0) rounds to 1 in float32."""
-        la = self.log_alpha.detach().double()
+        la = self.effective().detach().double()
         return F.logsigmoid(la - self.temperature * math.log(-LIMIT_LOW / LIMIT_HIGH))
 
     @torch.no_grad()
     def kept_value(self) -> torch.Tensor:
         """The value a gate has in eval mode when it is kept: sigmoid(0.8 * log_alpha / T)."""
-        return torch.sigmoid(self.log_alpha.detach() * EVAL_SCALE / self.temperature)
+        return torch.sigmoid(self.effective().detach() * EVAL_SCALE / self.temperature)
 
     @torch.no_grad()
     def deterministic(self) -> torch.Tensor:
         """Eval gates (CoFi): per row, the round(expected #zeros) lowest-``log_alpha`` gates are 0,
         the others keep the fractional value sigmoid(0.8 * log_alpha / T)."""
-        rows = self.log_alpha.detach().reshape(-1, self.log_alpha.shape[-1])
+        rows = self.effective().detach().reshape(-1, self.log_alpha.shape[-1])
         p_on = torch.sigmoid(rows - self.temperature * math.log(-LIMIT_LOW / LIMIT_HIGH))
         num_zeros = torch.round(rows.shape[1] - p_on.sum(dim=1)).long()
         rank = rows.argsort(dim=1).argsort(dim=1)  # 0 = lowest log_alpha in its row
@@ -151,6 +158,12 @@ class L0Pruner(nn.Module):
     def gate_parameters(self) -> list[nn.Parameter]:
         """The ``log_alpha`` tensors (to be minimised)."""
         return [g.log_alpha for g in self.gate_modules().values()]
+
+    @torch.no_grad()
+    def set_offset_(self, offset: float) -> None:
+        """Shift every gate's distribution by ``offset`` (in log-odds); see ``pda.pruning.control``."""
+        for g in self.gate_modules().values():
+            g.offset.fill_(offset)
 
     def lagrangian_parameters(self) -> list[nn.Parameter]:
         """lambda_1 and lambda_2 (to be maximised)."""

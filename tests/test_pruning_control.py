@@ -1,0 +1,95 @@
+"""The sparsity controllers and the importance start: the projection puts s on t exactly, importance orders the gates."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pda.pruning import L0Pruner, attach_gates, target_at
+from pda.pruning.control import project_
+from pda.pruning.gates import LOG_ALPHA_MAX, LOG_ALPHA_MIN
+from pda.pruning.importance import fisher_importance, init_gates_from_importance, structure_costs
+from tests.test_pruning import HIDDEN, LAYERS, tiny_config, tiny_model
+
+
+@pytest.mark.parametrize("target", [0.0, 0.05, 0.6, 0.9, 0.95])
+def test_projection_puts_the_expected_sparsity_on_the_target(target: float) -> None:
+    torch.manual_seed(1)
+    pruner = L0Pruner(tiny_config(), target_sparsity=0.95, coarse_init=None)
+    with torch.no_grad():
+        for gate in pruner.gate_modules().values():
+            gate.log_alpha.normal_(0.0, 2.0)
+    learned = {k: g.log_alpha.detach().clamp(LOG_ALPHA_MIN, LOG_ALPHA_MAX) for k, g in pruner.gate_modules().items()}
+    project_(pruner, target)
+    assert float(pruner.expected_sparsity().detach()) == pytest.approx(target, abs=1e-6)
+    for name, gate in pruner.gate_modules().items():  # only CoFi's clamp and the shared offset, not the order
+        assert torch.equal(gate.log_alpha.detach(), learned[name])
+        assert float(gate.offset) == float(pruner.head.offset)
+
+
+def test_projection_keeps_the_order_of_the_learned_gates() -> None:
+    """After projecting to 0.5, the gates with the lowest log_alpha are the least likely to be kept."""
+    pruner = L0Pruner(tiny_config(), target_sparsity=0.5, coarse_init=None)
+    with torch.no_grad():
+        pruner.int.log_alpha.copy_(torch.linspace(-3, 3, pruner.int.log_alpha.numel()).reshape(pruner.int.log_alpha.shape))
+    project_(pruner, 0.5)
+    p = pruner.int.prob_nonzero().detach().flatten()
+    assert bool((p[1:] >= p[:-1]).all()) and p[0] < 0.5 < p[-1]
+
+
+def test_projection_follows_a_warming_target_inside_training_steps() -> None:
+    """The loop's ``after_step`` hook: after each optimiser step the expected sparsity is the next target."""
+    from pda.prune_run import PruningExtension
+
+    torch.manual_seed(0)
+    model = tiny_model()
+    pruner = L0Pruner(model.config, target_sparsity=0.8, warmup_steps=6)
+    extension = PruningExtension(pruner, gate_lr=0.5, lambda_lr=0.5, controller="projection")
+    opt = torch.optim.Adam(extension.param_groups()[0]["params"], lr=0.5)
+    assert len(extension.param_groups()) == 1  # no multipliers to train
+    project_(pruner, target_at(0, 0.8, 6))
+    batch = {"input_ids": torch.randint(1, 100, (4, 8))}
+    with attach_gates(model.train(), pruner):
+        for step in range(10):
+            loss = model(**batch).logits.pow(2).mean() + extension.extra_loss(step, 10)[0]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            extension.after_step(step + 1, 10)
+    assert [round(t, 6) for _, _, t in extension.trace] == [round(target_at(s, 0.8, 6), 6) for s in range(10)]
+    assert max(abs(s - t) for _, s, t in extension.trace) < 1e-5
+
+
+def test_fisher_importance_is_zero_for_structures_the_loss_cannot_see() -> None:
+    """A head whose output projection columns are zero cannot change the loss: its importance is 0."""
+    torch.manual_seed(0)
+    model = tiny_model()
+    dense = model.bert.encoder.layer[1].attention.output.dense
+    head_dim = HIDDEN // 4
+    with torch.no_grad():
+        dense.weight[:, 2 * head_dim:3 * head_dim] = 0  # layer 1, head 2 writes nothing
+    pruner = L0Pruner(model.config, target_sparsity=0.5)
+    batches = [{"input_ids": torch.randint(1, 100, (4, 8)), "labels": torch.randint(0, 3, (4,))} for _ in range(3)]
+
+    def loss_fn(m, batch):
+        return torch.nn.functional.cross_entropy(m(input_ids=batch["input_ids"]).logits, batch["labels"]), {}
+
+    scores = fisher_importance(model, pruner, batches, loss_fn, num_batches=3)
+    assert scores["head"].shape == (LAYERS, 4) and scores["mha"].shape == (LAYERS,)
+    assert float(scores["head"][1, 2]) == 0.0
+    assert bool((scores["head"].flatten()[torch.arange(16) != 6] > 0).all())
+    assert all(p.grad is None for p in model.parameters())  # the model's own gradients are untouched
+
+
+def test_importance_start_ranks_gates_by_importance_per_weight() -> None:
+    pruner = L0Pruner(tiny_config(), target_sparsity=0.5)
+    costs = structure_costs(pruner)
+    scores = {name: torch.rand(g.log_alpha.shape[:-1] if name in ("mha", "ffn") else g.log_alpha.shape,
+                               generator=torch.Generator().manual_seed(i)) * costs[name]
+              for i, (name, g) in enumerate(pruner.gate_modules().items())}
+    init_gates_from_importance(pruner, scores, spread=2.0)
+    per_weight = torch.cat([(scores[n] / costs[n]).flatten() for n in scores])
+    log_alpha = torch.cat([g.log_alpha.detach().flatten() for g in pruner.gate_modules().values()])
+    order = torch.argsort(per_weight)
+    assert bool((log_alpha[order][1:] >= log_alpha[order][:-1] - 1e-6).all())  # same order (up to clipping)
+    assert float(log_alpha.max()) <= 4.61 and float(log_alpha.min()) >= -4.61
