@@ -188,7 +188,8 @@ def _check_number(name: str, value: Any, low: float, high: float | None = None,
     low_ok = value >= low if low_inclusive else value > low
     high_ok = high is None or (value <= high if high_inclusive else value < high)
     if not (low_ok and high_ok):
-        bounds = f"{'[' if low_inclusive else '('}{low}, {'inf' if high is None else high}{']' if high_inclusive else ')'}"
+        upper = "inf" if high is None else high
+        bounds = f"{'[' if low_inclusive else '('}{low}, {upper}{']' if high_inclusive else ')'}"
         raise ConfigError(f"{name}={value!r} is outside the valid range {bounds}")
 
 
@@ -348,8 +349,9 @@ def _read_yaml(path: Path) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
-        raise ConfigError(f"parameter file {str(path)!r} is not UTF-8 text (byte 0x{err.object[err.start]:02x} "
-                          f"at offset {err.start})") from None
+        line = err.object.count(b"\n", 0, err.start) + 1
+        raise ConfigError(f"parameter file {str(path)!r}, line {line}: byte 0x{err.object[err.start]:02x} is not "
+                          "UTF-8; save the file as UTF-8 text") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as err:

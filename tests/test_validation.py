@@ -184,11 +184,14 @@ def test_a_group_override_error_is_blamed_on_the_group_a_task_override_on_the_ta
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("", r"parameter file '.*p.yaml' is empty; it must be a YAML mapping"),
-        ("- mrpc\n- rte\n", r"parameter file '.*p.yaml' must be a YAML mapping of parameters \(key: value\), got a list"),
-        ("tasks: [mrpc\nseeds: [0]\n", r"parameter file '.*p.yaml', line 2, column 6: YAML syntax error: .*expected ','"),
-        ("tasks: [mrpc]\n  seeds: 1\n", r"parameter file '.*p.yaml', line 2, column 3: YAML syntax error: while parsing a block mapping"),
-        ("study_name: caf\xe9\n", r"parameter file '.*p.yaml' is not UTF-8 text \(byte 0xe9"),
+        ("", r"^parameter file '.*p.yaml' is empty; it must be a YAML mapping"),
+        ("- mrpc\n- rte\n", r"^parameter file '.*p.yaml' must be a YAML mapping of parameters \(key: value\), "
+                            r"got a list$"),
+        ("tasks: [mrpc\nseeds: [0]\n", r"^parameter file '.*p.yaml', line 2, column 6: YAML syntax error: "
+                                      r".*expected ','"),
+        ("tasks: [mrpc]\n  seeds: 1\n", r"^parameter file '.*p.yaml', line 2, column 3: YAML syntax error: "
+                                       r"while parsing a block mapping"),
+        ("seeds: [0]\nstudy_name: caf\xe9\n", r"^parameter file '.*p.yaml', line 2: byte 0xe9 is not UTF-8"),
     ],
 )
 def test_parameter_file_faults_are_one_line(tmp_path, text, message):
