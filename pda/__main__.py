@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
             print(make_plan(args.params, args.workers, args.step_seconds, args.measure, args.overhead_seconds,
                             args.runs))
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines() or [type(exc).__name__]:  # one fault per line, e.g. several bad rows
+            print(f"error: {line}", file=sys.stderr)
         return 2
     return 0
 

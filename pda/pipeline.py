@@ -18,14 +18,14 @@ import torch
 import transformers
 
 from pda import adapters as pda_adapters
-from pda import checkpoint, distill, measure
+from pda import checkpoint, distill, fingerprint, measure
 from pda.config import RunConfig, for_run
 from pda.data import load_split, locate_task, subsample, tokenize
 from pda.metrics import predictions_from_logits, task_metrics
 from pda.precision import autocast, precision_info, resolve_precision
 from pda.models import load_pretrained_for_task, load_tokenizer, resolve_model_source
 from pda.records import RunRecord, atomic_write_text, write_record
-from pda.runs import MODEL_DIR, RunSpec, dependencies, is_done, parent_of, run_dir, teacher_of
+from pda.runs import MODEL_DIR, RunSpec, dependencies, is_done, move_aside, parent_of, run_dir, run_state, teacher_of
 from pda.tasks import TaskSpec, get_task
 from pda.train import fit, make_loader, model_inputs, pick_device, predict, seed_everything, task_loss
 
@@ -137,11 +137,13 @@ def distill_loss(model: torch.nn.Module, teacher: torch.nn.Module, data: TaskDat
 
 
 def load_run_model(cfg: RunConfig, spec: RunSpec) -> torch.nn.Module:
-    """The saved model of a finished run this run depends on (its teacher or parent)."""
+    """The saved model of a finished run this run depends on (its teacher or parent), made from today's inputs."""
     rid = spec.run_id
-    if not is_done(cfg.study, rid):
-        raise FileNotFoundError(f"run {cfg.task}/{cfg.scenario} needs run {rid!r} first; "
-                                f"expected {run_dir(cfg.study, rid)}/result.json (run the study, which orders them)")
+    if not is_done(cfg.study, rid, fingerprint.fingerprint(for_run(cfg.study, spec.task, spec.scenario,
+                                                                   spec.sparsity, spec.seed))):
+        raise FileNotFoundError(f"run {cfg.task}/{cfg.scenario} needs run {rid!r} first, made from the current "
+                                f"settings; expected {run_dir(cfg.study, rid)}/result.json with a matching "
+                                "fingerprint (run the study, which orders them)")
     return checkpoint.load_model(run_dir(cfg.study, rid) / MODEL_DIR)
 
 
@@ -195,8 +197,14 @@ def run(cfg: RunConfig, with_dependencies: bool = False) -> RunRecord:
     study = cfg.study
     if with_dependencies:
         for dep in dependencies(run_spec(cfg)):
-            if not is_done(study, dep.run_id):
-                run(for_run(study, dep.task, dep.scenario, dep.sparsity, dep.seed), with_dependencies=True)
+            dep_cfg = for_run(study, dep.task, dep.scenario, dep.sparsity, dep.seed)
+            state = run_state(study, dep.run_id, fingerprint.fingerprint(dep_cfg))
+            if state == "stale":  # made from other inputs: kept aside, made again
+                why = fingerprint.why_stale(dep_cfg)
+                print(f"stale {dep.run_id} ({why}): moved to {move_aside(study, dep.run_id)}; running it again")
+            if state != "done":
+                run(dep_cfg, with_dependencies=True)
+    run_fingerprint = fingerprint.record_entry(cfg)
     configure_environment(study.online)
     if study.torch_threads:
         torch.set_num_threads(study.torch_threads)
@@ -252,7 +260,7 @@ def run(cfg: RunConfig, with_dependencies: bool = False) -> RunRecord:
         train_time_s=round(history.train_time_s, 3), eval_time_s=round(eval_time, 3), train_steps=history.steps,
         energy={"train": train_energy.to_dict() if train_energy else None,
                 "inference": inf_energy.to_dict() if inf_energy else None},
-        environment=environment_info(device, study.precision, precision),
+        environment=environment_info(device, study.precision, precision), fingerprint=run_fingerprint,
         **sizes, **record_extra,
     )
     write_record(record, out)

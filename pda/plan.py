@@ -26,7 +26,7 @@ import statistics
 import time
 from pathlib import Path
 
-from pda.config import EMBEDDED_MODEL, SCENARIOS, ConfigError, StudyConfig, for_run, load_params
+from pda.config import EMBEDDED_MODEL, SCENARIOS, ConfigError, StudyConfig, check_data, for_run, load_params
 from pda.records import read_record
 from pda.runs import RunSpec, dependencies, expand_grid, runs_dir
 from pda.tasks import TaskSpec, get_task
@@ -341,7 +341,8 @@ def runs_section(estimates: list[RunEstimate], step: StepTime | None) -> list[st
 def describe(cfg: StudyConfig, params_file: Path, estimates: list[RunEstimate], step: StepTime | None,
              workers: int, show_runs: bool = False) -> str:
     specs = [e.spec for e in estimates]
-    out = [f"Study {cfg.study_name!r} ({params_file}): {len(specs)} runs, model {cfg.model}", ""]
+    out = [f"Study {cfg.study_name!r} ({params_file}): {len(specs)} runs, model {cfg.model}",
+           check_data(cfg).summary(), ""]
     out += grid_section(cfg, specs) + steps_section(cfg, estimates)
     if step is None:
         out.append("No step time: give --step-seconds X, or --measure to time a few training steps here.")

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+from pda.config import PRECISIONS
+
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
 

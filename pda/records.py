@@ -40,6 +40,9 @@ class RunRecord:
     - ``energy``: ``{"train": {"kwh", "kg_co2eq", "duration_s", "mode", "country_iso_code"},
       "inference": {...}}`` (CodeCarbon; ``mode`` says how power was obtained).
     - ``environment``: device name, torch threads, precision, library versions.
+    - ``fingerprint``: ``{"sha256", "inputs"}`` from ``pda.fingerprint``: everything that
+      determined the run (settings, model source, data checksums, dependencies' fingerprints)
+      and its hash. A record whose fingerprint differs from the current one is not reused.
     """
 
     run_id: str
@@ -71,6 +74,7 @@ class RunRecord:
     energy: dict[str, Any] | None = None
     environment: dict[str, Any] = dataclasses.field(default_factory=dict)
     notes: list[str] = dataclasses.field(default_factory=list)
+    fingerprint: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

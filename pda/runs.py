@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import time
 from pathlib import Path
+from typing import Any
 
 from pda.config import SCENARIOS, StudyConfig
 from pda.records import RESULT_FILE
+from pda.scaleout import LOCK_FILE
 
 MODEL_DIR = "model"
+STALE_DIR = ".stale"  # runs/.stale/: records made from other inputs, moved aside (the analysis reads runs/*/ only)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,9 +48,55 @@ def run_dir(cfg: StudyConfig, rid: str) -> Path:
     return runs_dir(cfg) / rid
 
 
-def is_done(cfg: StudyConfig, rid: str) -> bool:
-    """A run is done when its result.json exists (it is written last, atomically)."""
+def has_result(cfg: StudyConfig, rid: str) -> bool:
+    """Whether a result.json exists, whatever inputs made it (see ``is_done``)."""
     return (run_dir(cfg, rid) / RESULT_FILE).is_file()
+
+
+def recorded_fingerprint(cfg: StudyConfig, rid: str) -> dict[str, Any] | None:
+    """The ``fingerprint`` entry of a run's record ({"sha256", "inputs"}); None if it has none or is unreadable."""
+    try:
+        entry = json.loads((run_dir(cfg, rid) / RESULT_FILE).read_text(encoding="utf-8")).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return entry if isinstance(entry, dict) and isinstance(entry.get("sha256"), str) else None
+
+
+def run_state(cfg: StudyConfig, rid: str, fingerprint: str) -> str:
+    """``missing`` (no result), ``done`` (a result made from these inputs) or ``stale`` (made from other
+    inputs, or by code that wrote no fingerprint): a stale result is never reused."""
+    if not has_result(cfg, rid):
+        return "missing"
+    entry = recorded_fingerprint(cfg, rid)
+    return "done" if entry is not None and entry["sha256"] == fingerprint else "stale"
+
+
+def is_done(cfg: StudyConfig, rid: str, fingerprint: str) -> bool:
+    """A run is done when its result.json (written last, atomically) was made from these inputs."""
+    return run_state(cfg, rid, fingerprint) == "done"
+
+
+def move_aside(cfg: StudyConfig, rid: str) -> Path:
+    """Move a stale run's files to ``runs/.stale/<id>-<old fingerprint[:12]>-<time>/``; nothing is deleted.
+
+    The record goes first, so an interruption leaves a run without a result (made again), never
+    a new model under an old record. The run's lock, if any, stays: the caller may hold it.
+    """
+    entry = recorded_fingerprint(cfg, rid)
+    old = entry["sha256"][:12] if entry else "none"
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    base = runs_dir(cfg) / STALE_DIR / f"{rid}-{old}-{stamp}"
+    target, n = base, 1
+    while target.exists():
+        n += 1
+        target = base.with_name(f"{base.name}-{n}")
+    target.mkdir(parents=True)
+    source = run_dir(cfg, rid)
+    entries = sorted(source.iterdir(), key=lambda p: p.name != RESULT_FILE)
+    for path in entries:
+        if not path.name.startswith(LOCK_FILE):  # .lock, .lock.break
+            os.replace(path, target / path.name)
+    return target
 
 
 def teacher_of(spec: RunSpec) -> RunSpec | None:

@@ -16,9 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pda import scaleout
-from pda.config import StudyConfig, load_params, share_cores
-from pda.runs import RunSpec, dependencies, expand_grid, is_done, run_dir
+from pda import fingerprint, scaleout
+from pda.config import RunConfig, StudyConfig, check_data, for_run, load_params, share_cores
+from pda.runs import RunSpec, dependencies, expand_grid, is_done, move_aside, run_dir, run_state
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 KERNEL_NAME = "pda"
@@ -38,6 +38,7 @@ class Outcome:
     notebook: Path | None = None
     error: str | None = None
     seconds: float = 0.0
+    moved_aside: Path | None = None  # where a stale result of this run went (runs/.stale/...)
 
 
 def execute_notebook(notebook: str, output: Path, parameters: dict, kernel_name: str = KERNEL_NAME) -> None:
@@ -69,33 +70,70 @@ def torch_threads_for(cfg: StudyConfig, budget: int | None) -> int | None:
     return None if budget is None else share_cores(cfg, budget).torch_threads
 
 
+def run_config(cfg: StudyConfig, spec: RunSpec) -> RunConfig:
+    return for_run(cfg, spec.task, spec.scenario, spec.sparsity, spec.seed)
+
+
 def execute_run(params_file: Path, cfg: StudyConfig, spec: RunSpec, kernel_name: str = KERNEL_NAME,
                 thread_budget: int | None = None, stale_after: float = scaleout.STALE_AFTER_S) -> Outcome:
-    """Execute one run's notebook unless its result already exists; never raises for a failed run.
+    """Execute one run's notebook unless a result made from the same inputs exists; never raises for a failed run.
 
     The run's lock makes a second attempt (a resubmitted task, a second study) wait for the
-    first and then find its result, so a run is made once. On a Dask worker without an
-    explicit ``thread_budget`` the worker's own share of threads is used.
+    first and then find its result, so a run is made once. A result made from other inputs
+    (its fingerprint differs) is moved aside under the lock and the run made again. On a Dask
+    worker without an explicit ``thread_budget`` the worker's own share of threads is used.
     """
     rid = spec.run_id
     out_nb = run_dir(cfg, rid) / "notebook.ipynb"
-    if is_done(cfg, rid):
+    expected = fingerprint.fingerprint(run_config(cfg, spec))
+    if is_done(cfg, rid, expected):
         return Outcome(spec, "cached", out_nb)
     threads = torch_threads_for(cfg, thread_budget or scaleout.worker_thread_budget())
     with scaleout.RunLock(run_dir(cfg, rid), stale_after=stale_after):
-        if is_done(cfg, rid):  # made by whoever held the lock while we waited
+        state = run_state(cfg, rid, expected)
+        if state == "done":  # made by whoever held the lock while we waited
             return Outcome(spec, "cached", out_nb)
+        moved = move_aside(cfg, rid) if state == "stale" else None
         start = time.perf_counter()
         try:
             execute_notebook(notebook_for(spec), out_nb, run_parameters(params_file, spec, threads), kernel_name)
         except Exception as exc:  # noqa: BLE001 - a failed run is reported, the study goes on
             message = str(exc).strip().splitlines()
             return Outcome(spec, "failed", out_nb, message[-1] if message else type(exc).__name__,
-                           time.perf_counter() - start)
-    if not is_done(cfg, rid):
-        return Outcome(spec, "failed", out_nb, "notebook finished without writing result.json",
-                       time.perf_counter() - start)
-    return Outcome(spec, "done", out_nb, seconds=time.perf_counter() - start)
+                           time.perf_counter() - start, moved)
+    state = run_state(cfg, rid, expected)
+    if state != "done":
+        why = ("notebook finished without writing result.json" if state == "missing" else
+               "notebook wrote a record whose fingerprint differs from the study's: "
+               + fingerprint.why_stale(run_config(cfg, spec)))
+        return Outcome(spec, "failed", out_nb, why, time.perf_counter() - start, moved)
+    return Outcome(spec, "done", out_nb, seconds=time.perf_counter() - start, moved_aside=moved)
+
+
+def retire_stale(cfg: StudyConfig, specs: list[RunSpec], stale_after: float = scaleout.STALE_AFTER_S) -> list[str]:
+    """Before any run starts: move aside every result in the grid made from other inputs, one line each.
+
+    A run whose lock is held (another study is making it now) is left to ``execute_run``, which
+    checks again under the lock.
+    """
+    lines = []
+    for spec in specs:
+        rid = spec.run_id
+        run = run_config(cfg, spec)
+        if run_state(cfg, rid, fingerprint.fingerprint(run)) != "stale":
+            continue
+        why = fingerprint.why_stale(run)
+        lock = scaleout.RunLock(run_dir(cfg, rid), stale_after=stale_after)
+        if not lock.try_acquire() and not (scaleout.break_if_stale(lock.path, stale_after) and lock.try_acquire()):
+            lines.append(f"stale {rid} ({why}): being made by another process now; checked again when it ends")
+            continue
+        try:  # under the lock, look again: it may have been made while we waited
+            target = move_aside(cfg, rid) if run_state(cfg, rid, fingerprint.fingerprint(run)) == "stale" else None
+        finally:
+            lock.release()
+        if target is not None:
+            lines.append(f"stale {rid} ({why}): moved to {target}; it runs again")
+    return lines
 
 
 def attempt(spec: RunSpec, execute: Callable[[RunSpec], Outcome], *dependency_outcomes: Outcome) -> Outcome:
@@ -206,8 +244,11 @@ def run_study(params_file: Path, workers: int = 0, scheduler: Any = None, kernel
     single-threaded processes, each run with ``cores // workers`` torch threads; ``scheduler``
     (an address or a cluster object) sends them to an existing Dask cluster instead.
     """
-    cfg = load_params(params_file)
+    cfg = load_params(params_file)  # every setting and data file checked: a fault stops here, before any kernel
+    print(check_data(cfg).summary(), flush=True)
     specs = expand_grid(cfg)
+    for line in retire_stale(cfg, specs, stale_after):
+        print(line, flush=True)
     if scheduler is None and workers <= 0:
         execute = functools.partial(execute_run, params_file, cfg, kernel_name=kernel_name, stale_after=stale_after)
         outcomes = run_serial(params_file, cfg, specs, execute)
@@ -245,6 +286,8 @@ def summarize(outcomes: list[Outcome]) -> str:
         counts[o.status] = counts.get(o.status, 0) + 1
     lines = [", ".join(f"{n} {status}" for status, n in sorted(counts.items()))]
     for o in outcomes:
+        if o.moved_aside is not None:  # found stale only when its turn came (its lock was busy at start)
+            lines.append(f"  STALE {o.spec.run_id}: its old result was moved to {o.moved_aside}")
         if o.status in ("failed", "skipped"):
             where = f" (notebook: {o.notebook})" if o.notebook else ""
             name = "analysis notebook" if o.spec.scenario == "analysis" else o.spec.run_id

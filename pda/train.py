@@ -141,6 +141,9 @@ def fit(
     trained by descent and Lagrange multipliers trained by ascent).
     """
     history = History()
+    if epochs > 0 and len(loader) == 0:  # else the loop below would wait forever for a first batch
+        raise ValueError("the training set is empty: no batch to train on; check the task's train.tsv "
+                         "and max_train_samples")
     total_steps = max(1, math.ceil(len(loader) * epochs)) if epochs > 0 else 0
     if total_steps == 0:
         return history

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pda import records
+from pda import fingerprint, records
 from pda.config import ConfigError, for_run, load_params, share_cores
 from pda.records import RunRecord, atomic_write_text, read_all_records, write_record
 from pda.runs import RunSpec, dependencies, expand_grid, run_dir, run_id
@@ -112,9 +112,10 @@ def test_record_round_trip_and_unknown_field_rejected(tmp_path):
 def test_finished_run_is_not_executed_again(make_params, monkeypatch):
     cfg = load_params(make_params())
     spec = RunSpec("mrpc", "FT", None, 0)
-    rdir = run_dir(cfg, spec.run_id)
-    rdir.mkdir(parents=True)
-    (rdir / "result.json").write_text("{}")
+    rec = RunRecord(run_id=spec.run_id, task="mrpc", scenario="FT", prune=False, distill=False, adapters=False,
+                    sparsity=None, seed=0, model="embedded",
+                    fingerprint=fingerprint.record_entry(for_run(cfg, "mrpc", "FT", None, 0)))
+    write_record(rec, run_dir(cfg, spec.run_id))
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("papermill called for a finished run")

@@ -20,9 +20,9 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from pda import scaleout
+from pda import fingerprint, scaleout
 from pda.__main__ import main
-from pda.config import load_params
+from pda.config import for_run, load_params
 from pda.records import RunRecord, read_record, write_record
 from pda.runs import RunSpec, dependencies, expand_grid, is_done, run_dir
 from pda.study import Outcome, execute_run, run_parallel, run_parameters, run_study, torch_threads_for
@@ -69,6 +69,9 @@ def test_parallel_study_gives_the_serial_metrics(parallel_study, tmp_path, glue_
         a = read_record(tmp_path / "outputs" / "runs" / rid)
         b = read_record(run_dir(parallel_study.cfg, rid))
         assert a.metrics and a.metrics == b.metrics
+        # the kernel's record carries the fingerprint the study computes; two studies that differ only in
+        # grid, paths and threads give the same run the same fingerprint
+        assert b.fingerprint["sha256"] == fingerprint_of(parallel_study.cfg, rid) and a.fingerprint == b.fingerprint
         assert {"device_name", "torch_threads", "precision"} <= set(b.environment)
         executed = json.loads((run_dir(parallel_study.cfg, rid) / "notebook.ipynb").read_text())
         assert executed["metadata"]["papermill"]["parameters"]["torch_threads"] == 1  # min(file's 1, cores // 2)
@@ -80,7 +83,9 @@ def test_failed_task_skips_only_its_dependents_and_resume_runs_only_the_missing(
     cfg, out = parallel_study.cfg, parallel_study.out
     assert parallel_study.code == 1
     assert "FAILED rte-FT-seed0" in out and "SKIPPED rte-D-seed0: dependency rte-FT-seed0 failed" in out
-    assert is_done(cfg, "mrpc-FT-seed0") and is_done(cfg, "mrpc-A-seed0") and not is_done(cfg, "rte-FT-seed0")
+    done = {rid: is_done(cfg, rid, fingerprint_of(cfg, rid))
+            for rid in ("mrpc-FT-seed0", "mrpc-A-seed0", "rte-FT-seed0")}
+    assert done == {"mrpc-FT-seed0": True, "mrpc-A-seed0": True, "rte-FT-seed0": False}
     assert not run_dir(cfg, "rte-D-seed0").exists()  # never started
     assert not (run_dir(cfg, "rte-FT-seed0") / scaleout.LOCK_FILE).exists()  # a failed run releases its lock
     before = {rid: (run_dir(cfg, rid) / "result.json").stat().st_mtime_ns for rid in ("mrpc-FT-seed0", "mrpc-A-seed0")}
@@ -156,7 +161,7 @@ def test_scheduler_option_runs_on_an_existing_cluster_with_the_workers_threads(m
 
     def fake_notebook(notebook, output, parameters, kernel_name="pda"):
         seen[output.parent.name] = parameters["torch_threads"]
-        write_record(fake_record(RunSpec(parameters["task"], parameters["scenario"], None, 0)), output.parent)
+        write_record(fake_record(RunSpec(parameters["task"], parameters["scenario"], None, 0), cfg), output.parent)
 
     monkeypatch.setattr("pda.study.execute_notebook", fake_notebook)  # in-process workers see it
     with LocalCluster(n_workers=1, threads_per_worker=3, processes=False, resources={"run": 1},
@@ -193,9 +198,18 @@ def test_slurm_example_builds_a_job_script():
 # --------------------------------------------------------------------------- the per-run lock
 
 
-def fake_record(spec: RunSpec) -> RunRecord:
+def fingerprint_of(cfg, rid: str) -> str:
+    """The fingerprint the study expects for run ``rid`` of ``cfg``'s grid."""
+    spec = next(s for s in expand_grid(cfg) if s.run_id == rid)
+    return fingerprint.fingerprint(for_run(cfg, spec.task, spec.scenario, spec.sparsity, spec.seed))
+
+
+def fake_record(spec: RunSpec, cfg) -> RunRecord:
+    """What a run's notebook writes, less the measurements: ids and the fingerprint of its inputs."""
+    run = for_run(cfg, spec.task, spec.scenario, spec.sparsity, spec.seed)
     return RunRecord(run_id=spec.run_id, task=spec.task, scenario=spec.scenario, prune=False, distill=False,
-                     adapters=False, sparsity=None, seed=spec.seed, model="embedded")
+                     adapters=False, sparsity=spec.sparsity, seed=spec.seed, model="embedded",
+                     fingerprint=fingerprint.record_entry(run))
 
 
 def test_two_concurrent_attempts_at_one_run_execute_it_once(make_params, monkeypatch):
@@ -207,7 +221,7 @@ def test_two_concurrent_attempts_at_one_run_execute_it_once(make_params, monkeyp
     def fake_notebook(notebook, output, parameters, kernel_name="pda"):
         calls.append(threading.current_thread().name)
         time.sleep(0.5)  # the other attempt arrives while this one holds the lock
-        write_record(fake_record(spec), output.parent)
+        write_record(fake_record(spec, cfg), output.parent)
 
     monkeypatch.setattr("pda.study.execute_notebook", fake_notebook)
     monkeypatch.setattr(scaleout, "POLL_S", 0.05)

