@@ -1,7 +1,8 @@
 """A run's fingerprint: the sha256 of everything that determines its result, so changed inputs never reuse a record.
 
 The inputs are the run's effective settings after overrides (less those marked
-``NOT_FINGERPRINTED`` in ``pda.config``: the grid lists, paths, names, thread counts), its grid
+``NOT_FINGERPRINTED`` in ``pda.config``: the grid lists, paths, names, thread counts; and less the
+sections its scenario never reads, see ``run_settings``), its grid
 coordinates, the model source (the embedded package's name, version and weights' sha256; a local
 folder's config, weights and tokenizer files' sha256; a hub id), the sha256 of the data files it
 reads (or the hub dataset), and the fingerprints of the runs it depends on, computed from the
@@ -99,12 +100,30 @@ def data_files(cfg: RunConfig) -> dict[str, Any]:
                                        for split in ("train", *task.dev_splits)}}
 
 
+def run_settings(cfg: RunConfig) -> dict[str, Any]:
+    """The settings a run reads: a section that only some scenarios read counts only for those, so a
+    change to ``pruning`` never remakes the FT teacher (nor ``distill`` an adapter run).
+
+    ``adapters`` is read by adapter scenarios and by ``base`` (its linear probe trains at the adapter
+    learning rate); ``pruning`` by P scenarios; ``distill`` by D scenarios (``pda.pipeline.build_model``).
+    """
+    out = settings(cfg.study)
+    flags = cfg.flags
+    if not flags["prune"]:
+        out.pop("pruning")
+    if not flags["distill"]:
+        out.pop("distill")
+    if not (flags["adapters"] or cfg.scenario == "base"):
+        out.pop("adapters")
+    return out
+
+
 def run_inputs(cfg: RunConfig) -> dict[str, Any]:
     """Everything that determines the run's result, readable; dependencies by their fingerprints."""
     spec = RunSpec(cfg.task, cfg.scenario, cfg.sparsity, cfg.seed)
     deps = {dep.run_id: fingerprint(for_run(cfg.study, dep.task, dep.scenario, dep.sparsity, dep.seed))
             for dep in dependencies(spec)}
-    return {"run": _plain(dataclasses.asdict(spec)), "settings": settings(cfg.study),
+    return {"run": _plain(dataclasses.asdict(spec)), "settings": run_settings(cfg),
             "model": model_source(cfg.study.model), "data": data_files(cfg), "dependencies": deps}
 
 

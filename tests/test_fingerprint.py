@@ -130,6 +130,13 @@ def test_changing_one_budget_key_reruns_only_the_affected_runs_and_their_depende
     assert set(fake_notebook.executed) == {rid.replace("seed0", "seed1") for rid in MRPC | RTE}
     assert "stale" not in out and all(status[rid] == "cached" for rid in MRPC | RTE)
 
+    # a pruning budget: only the pruned runs see it; their FT teachers and D students are reused
+    fake_notebook.executed.clear()
+    rewrite(params, seeds=[0, 1], pruning={"epochs": 3})
+    status, out = study(params)
+    assert sorted(fake_notebook.executed) == sorted(rid for rid in status if "-P+D-" in rid)
+    assert all(state == "cached" for rid, state in status.items() if "-P+D-" not in rid)
+
 
 def test_a_record_without_fingerprint_is_stale_and_moved_aside(make_params, fake_notebook):
     params = make_params(**{**GRID, "tasks": ["mrpc"], "scenarios": ["FT"]})
@@ -216,15 +223,17 @@ def test_fingerprint_ignores_grid_paths_names_and_threads(make_params, tmp_path,
 
 
 @pytest.mark.parametrize("changes, affected", [
-    ({"training": {"learning_rate": 1e-4}}, {"FT", "D", "P+D"}),
-    ({"max_train_samples": 48}, {"FT", "D", "P+D"}),
-    ({"precision": "bf16"}, {"FT", "D", "P+D"}),
-    ({"pruning": {"epochs": 3}}, {"FT", "D", "P+D"}),  # the whole effective config counts, as decided
+    ({"training": {"learning_rate": 1e-4}}, {"FT", "base", "A", "D", "P+D"}),  # the whole section, for all
+    ({"max_train_samples": 48}, {"FT", "base", "A", "D", "P+D"}),
+    ({"precision": "bf16"}, {"FT", "base", "A", "D", "P+D"}),
+    ({"pruning": {"epochs": 3}}, {"P+D"}),  # a section counts only for the scenarios that read it
+    ({"distill": {"alpha": 0.9}}, {"D", "P+D"}),
+    ({"adapters": {"learning_rate": 1e-4}}, {"A", "base"}),
 ])
 def test_a_changed_setting_changes_the_runs_that_see_it_and_their_dependents(make_params, changes, affected):
     base = load_params(make_params(**GRID))
     changed = load_params(make_params(**{**GRID, **changes}))
-    runs = {"FT": None, "D": None, "P+D": 0.6}
+    runs = {"FT": None, "base": None, "A": None, "D": None, "P+D": 0.6}
     assert {s for s, sp in runs.items() if fp(base, "mrpc", s, sp) != fp(changed, "mrpc", s, sp)} == affected
 
 
