@@ -36,6 +36,8 @@ NOT_FINGERPRINTED = {"fingerprint": False}
 GROUPS = ("GLUE low", "GLUE high")
 # Settings a per-task or per-group override may not change: they name the study or its grid.
 STUDY_WIDE = ("study_name", "output_dir", "tasks", "overrides")
+# A scenario's budget may differ, not the grid it belongs to nor the data and model every scenario shares.
+PER_TASK_ONLY = ("scenarios", "sparsities", "seeds", "model", "online", "data_dir")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # see pda.precision
 CONTROLLERS = ("projection", "lagrangian")  # see pda.pruning.control
 GATE_INITS = ("importance", "cofi")  # see pda.pruning.importance
@@ -314,18 +316,22 @@ def _check_settings(cfg: StudyConfig) -> None:
 
 def _check_overrides(cfg: StudyConfig) -> None:
     """Each override, merged as a run sees it, passes the top level's checks; errors name the override."""
-    _check_type("overrides", cfg.overrides, dict, "a mapping of task or group names to settings")
-    tasks = {k: k for k in TASKS} | {k.lower(): k for k in TASKS}
+    _check_type("overrides", cfg.overrides, dict, "a mapping of task, group or scenario names to settings")
     for key in sorted(cfg.overrides, key=lambda k: k not in GROUPS):  # groups first: a task's inherits them
-        if key not in GROUPS and str(key).lower() not in tasks:
-            raise ConfigError(f"overrides key {key!r} is neither a task {sorted(TASKS)} nor a group {sorted(GROUPS)}")
+        chain = override_chain(str(key))
+        if chain is None:
+            raise ConfigError(f"overrides key {key!r} is not a group {sorted(GROUPS)}, a task {sorted(TASKS)}, "
+                              f"a scenario {list(SCENARIOS)} or TASK/SCENARIO (e.g. 'mrpc/FT')")
         where = f"overrides[{key}]"
         _build(StudyConfig, cfg.overrides[key] or {}, f"{where}.")  # typos inside overrides too
-        fixed = sorted(set(cfg.overrides[key] or {}) & set(STUDY_WIDE))
-        if fixed:
-            raise ConfigError(f"{where}: {', '.join(fixed)} cannot differ per task or group; set "
-                              f"{'it' if len(fixed) == 1 else 'them'} at the top level")
-        chain = [key] if key in GROUPS else [TASKS[tasks[str(key).lower()]].group, key]
+        per_scenario = key in SCENARIOS or "/" in str(key)
+        keys = set(cfg.overrides[key] or {})
+        for fixed, level, where_ok in ((keys & set(STUDY_WIDE), "task or group", "at the top level"),
+                                       (keys & set(PER_TASK_ONLY) if per_scenario else set(), "scenario",
+                                        "at the top level or per task")):
+            if fixed:
+                raise ConfigError(f"{where}: {', '.join(sorted(fixed))} cannot differ per {level}; set "
+                                  f"{'it' if len(fixed) == 1 else 'them'} {where_ok}")
         try:
             _check_settings(_merged(cfg, chain))
         except ConfigError as err:
@@ -426,6 +432,21 @@ def _merged(cfg: StudyConfig, keys: list[str]) -> StudyConfig:
     return _build(StudyConfig, base, "")
 
 
+def override_chain(key: str) -> list[str] | None:
+    """The override keys a run sees when ``key`` applies to it, in order; None if ``key`` names nothing."""
+    tasks = {k.lower(): k for k in TASKS}
+    if key in GROUPS:
+        return [key]
+    if key.lower() in tasks:
+        return [TASKS[tasks[key.lower()]].group, key]
+    if key in SCENARIOS:
+        return [key]
+    task, _, scenario = key.partition("/")
+    if task.lower() in tasks and scenario in SCENARIOS:
+        return [TASKS[tasks[task.lower()]].group, scenario, task, key]
+    return None
+
+
 def effective_settings(cfg: StudyConfig, task: str) -> StudyConfig:
     """The study settings one task's runs see: group overrides, then task overrides."""
     spec = get_task(task)
@@ -433,11 +454,11 @@ def effective_settings(cfg: StudyConfig, task: str) -> StudyConfig:
 
 
 def for_run(cfg: StudyConfig, task: str, scenario: str, sparsity: float | None, seed: int) -> RunConfig:
-    """The config of one run: group overrides, then task overrides, applied to the study settings."""
+    """The config of one run: overrides of its group, scenario, task, then TASK/SCENARIO, in that order."""
     spec = get_task(task)
     if scenario not in SCENARIOS:
         raise ConfigError(f"unknown scenario {scenario!r}; valid scenarios: {list(SCENARIOS)}")
-    run_study = effective_settings(cfg, spec.name)
+    run_study = _merged(cfg, [spec.group, scenario, spec.name, f"{spec.name}/{scenario}"])
     if SCENARIOS[scenario]["prune"]:
         sparsity = check_sparsity(sparsity)
     else:

@@ -40,7 +40,7 @@ def test_smoke_and_paper_and_default_files_validate(glue_dir, monkeypatch):
         ({"data_dir": "/nonexistent/glue"}, r"data_dir '/nonexistent/glue' does not exist"),
         ({"epochs": 3}, r"unknown parameter\(s\) epochs; valid keys here: \["),
         ({"training": {"epoch": 3}}, r"unknown parameter\(s\) training.epoch; valid keys here: \['batch_size'"),
-        ({"overrides": {"GLUE mid": {}}}, r"overrides key 'GLUE mid' is neither a task"),
+        ({"overrides": {"GLUE mid": {}}}, r"overrides key 'GLUE mid' is not a group"),
         ({"overrides": {"mrpc": {"training": {"lr": 1}}}}, r"overrides\[mrpc\].training.lr"),
         ({"device": "tpu"}, r"device='tpu' is not valid; use one of auto, cpu, cuda"),
         ({"distill": {"alpha": 1.5}}, r"distill.alpha=1.5 is outside the valid range \[0.0, 1.0\]"),
@@ -157,3 +157,28 @@ def test_share_cores_caps_training_and_benchmark_threads(make_params):
     assert share_cores(study, None) is study
     with pytest.raises(ConfigError, match="torch_threads"):
         share_cores(study, 0)
+
+
+def test_overrides_apply_by_group_scenario_task_then_task_scenario(make_params):
+    study = load_params(make_params(overrides={
+        "GLUE low": {"training": {"epochs": 2, "batch_size": 8}},
+        "FT": {"training": {"epochs": 3}, "max_train_samples": 48},
+        "mrpc": {"training": {"batch_size": 4}},
+        "mrpc/FT": {"training": {"epochs": 5}},
+    }))
+    ft, a = for_run(study, "mrpc", "FT", None, 0).study, for_run(study, "mrpc", "A", None, 0).study
+    stsb_ft = for_run(study, "stsb", "FT", None, 0).study
+    assert (ft.training.epochs, ft.training.batch_size, ft.max_train_samples) == (5, 4, 48)
+    assert (a.training.epochs, a.training.batch_size, a.max_train_samples) == (2, 4, 64)
+    assert (stsb_ft.training.epochs, stsb_ft.training.batch_size) == (3, 8)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"FT": {"seeds": [1]}}, r"overrides\[FT\]: seeds cannot differ per scenario"),
+    ({"mrpc/P": {"model": "x"}}, r"overrides\[mrpc/P\]: model cannot differ per scenario"),
+    ({"mrpc/PDA": {}}, r"overrides key 'mrpc/PDA' is not a group .* or TASK/SCENARIO"),
+    ({"D": {"training": {"epochs": -1}}}, r"overrides\[D\]: training.epochs=-1"),
+])
+def test_scenario_overrides_are_checked_like_the_rest(make_params, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_params(make_params(overrides=overrides))
