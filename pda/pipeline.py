@@ -17,7 +17,6 @@ import datasets
 import torch
 import transformers
 
-from pda import adapters as pda_adapters
 from pda import checkpoint, distill, fingerprint, measure
 from pda.config import RunConfig, for_run
 from pda.data import load_split, locate_task, subsample, tokenize
@@ -170,6 +169,8 @@ def build_model(cfg: RunConfig, data: TaskData) -> tuple[torch.nn.Module, torch.
     model.requires_grad_(True)
     lr = study.training.learning_rate
     if flags["adapters"]:
+        from pda import adapters as pda_adapters  # the adapters library takes seconds to import: only when used
+
         pda_adapters.add_adapters(model, study.adapters)
         lr = study.adapters.learning_rate
     elif not flags["finetune"]:  # base: a linear probe on the untouched encoder

@@ -8,7 +8,6 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from pda import adapters as pda_adapters
 from pda.config import RunConfig
 from pda.precision import autocast
 from pda.pruning import L0Pruner, attach_gates, export_pruned, structure_sparsity, target_at
@@ -97,6 +96,8 @@ def prune_and_export(model: torch.nn.Module, loader: DataLoader, cfg: RunConfig,
         gates = pruner.deterministic_gates()
     structure = export_pruned(model, gates)
     if cfg.flags["adapters"]:
+        from pda import adapters as pda_adapters
+
         pda_adapters.freeze_for_adapters(model)  # export may create fresh layers that would train otherwise
     tuned = fit(model, loader, epochs=p.finetune_epochs, learning_rate=lr, loss_fn=loss_fn, extensions=others,
                 desc=f"fine-tune pruned {cfg.task} {cfg.scenario}", **common)
