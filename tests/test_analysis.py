@@ -411,15 +411,15 @@ def test_distillation_claim_names_a_task_that_disagrees() -> None:
 def test_runs_table_is_formatted_with_units_and_dashes_for_what_does_not_apply(true_frame: pd.DataFrame) -> None:
     table = analysis.runs_table(true_frame)
     assert len(table) == len(true_frame)
-    assert {"params (M)", "score (%)", "target sparsity (%)", "encoder sparsity (%)", "speed-up b1 (×)",
+    assert {"params (M)", "score (%)", "target sparsity (%)", "encoder sparsity vs teacher (%)", "speed-up b1 (×)",
             "speed-up b32 (×)", "energy (Wh)", "CO2 (g)"} <= set(table.columns)
     first = table.iloc[0]  # rte FT seed 0: GLUE low first, FT first
     assert (first["task"], first["scenario"], first["seed"]) == ("rte", "FT", "0")
     assert first["params (M)"] == "110.00" and first["target sparsity (%)"] == "—"
-    assert first["encoder sparsity (%)"] == "—" and first["score (%)"] == "80.00"
+    assert first["encoder sparsity vs teacher (%)"] == "0.0" and first["score (%)"] == "80.00"
     assert first["energy (Wh)"] == "110" and first["CO2 (g)"] == "55.0"
     pruned = table[(table["scenario"] == "P+D+A") & (table["target sparsity (%)"] == "90")].iloc[0]
-    assert pruned["params (M)"] == "20.00" and pruned["encoder sparsity (%)"] == "100.0"
+    assert pruned["params (M)"] == "20.00" and pruned["encoder sparsity vs teacher (%)"] == "100.0"
     assert all(isinstance(v, str) for v in table.to_numpy().ravel())
     assert not table.apply(lambda c: c.str.fullmatch(r"-?\d+\.\d{3,}|nan|NaN|\d{5,}(\.0)?")).any().any()
 
