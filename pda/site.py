@@ -17,7 +17,8 @@ import nbformat
 import pandas as pd
 from jinja2 import DictLoader
 
-from pda.analysis import markdown_table, records_frame, runs_table
+from pda.analysis import records_frame, runs_table
+from pda.analysis.tables import html_table
 from pda.records import RESULT_FILE, atomic_write_text, read_record
 
 INDEX = "index.html"
@@ -59,14 +60,15 @@ def runs_index(runs_dir: Path) -> str:
     if not notebooks:
         return "\n".join(parts + ["No run has an executed notebook yet."])
     if done:
-        table = runs_table(records_frame([read_record(d) for d in done]))
-        table["run"] = [f"[{rid}](runs/{rid}/{RUN_PAGE})" for rid in table["run"]]
+        table = runs_table(records_frame([read_record(d) for d in done]), run_ids=True)
         parts += [f"{len(done)} finished run(s); a run's link opens its executed notebook. "
-                  "'—': does not apply (unpruned), 'n/a': not measured.", "", markdown_table(table), ""]
+                  "'—': does not apply (unpruned), 'n/a': not measured.", "",
+                  html_table(table, links={"run": [f"runs/{rid}/{RUN_PAGE}" for rid in table["run"]]}), ""]
     if failed:
-        rows = pd.DataFrame({"run": [f"[{d.name}](runs/{d.name}/{RUN_PAGE})" for d in failed],
+        rows = pd.DataFrame({"run": [d.name for d in failed],
                              "status": ["failed: no result.json; the notebook shows the error"] * len(failed)})
-        parts += [f"{len(failed)} run(s) without a result:", "", markdown_table(rows), ""]
+        parts += [f"{len(failed)} run(s) without a result:", "",
+                  html_table(rows, links={"run": [f"runs/{d.name}/{RUN_PAGE}" for d in failed]}), ""]
     return "\n".join(parts)
 
 

@@ -11,7 +11,9 @@ import numpy as np
 import pandas as pd
 
 from pda.analysis import energy_is_estimated
-from pda.analysis.tables import MILLIONS, NOT_APPLICABLE, NOT_MEASURED, POINTS, WATT_HOURS, fixed, integer, percent_of_one
+from pda.analysis.tables import (
+    MILLIONS, NOT_APPLICABLE, NOT_MEASURED, POINTS, WATT_HOURS, fixed, html_table, integer, percent_of_one,
+)
 from pda.config import RunConfig, StudyConfig
 from pda.data import load_split, locate_task
 from pda.records import RunRecord
@@ -87,10 +89,8 @@ class Table:
         self.df, self.caption = df, caption
 
     def _repr_html_(self) -> str:
-        html = self.df.to_html(index=False, border=0, na_rep=NOT_MEASURED)
-        if self.caption:
-            html = html.replace(">", f"><caption>{escape(self.caption)}</caption>", 1)
-        return html
+        caption = f"<p>{escape(self.caption)}</p>" if self.caption else ""
+        return caption + html_table(self.df)
 
     def __repr__(self) -> str:
         text = self.df.to_string(index=False, na_rep=NOT_MEASURED)
@@ -117,7 +117,7 @@ def record_table(record: RunRecord) -> Table:
          None if None in energy else sum(energy), WATT_HOURS),
         ("training steps", record.train_steps, integer),
     ]
-    return Table(pd.DataFrame({"": [name for name, _, _ in rows], "value": [fmt(v) for _, v, fmt in rows]}))
+    return Table(pd.DataFrame({"measure": [name for name, _, _ in rows], "value": [fmt(v) for _, v, fmt in rows]}))
 
 
 def _estimated(record: RunRecord) -> bool:

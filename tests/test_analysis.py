@@ -467,3 +467,14 @@ def test_metric_figure_draws_the_seed_std_as_error_bars() -> None:
     segments = bars.lines[2][0].get_segments()
     assert len(segments) == len(TRUE_WORLD)
     assert all(seg[1][1] - seg[0][1] == pytest.approx(2.0) for seg in segments)  # mean ± 1
+
+
+def test_html_table_aligns_words_left_numbers_right_escapes_and_links() -> None:
+    from pda.analysis.tables import html_table
+
+    df = pd.DataFrame({"run": ["a<b", "c"], "score (%)": ["76.92 (n=1)", "—"], "note": ["x & y", None]})
+    html = html_table(df, links={"run": ["runs/a<b/notebook.html", "runs/c/notebook.html"]})
+    assert '<th style="text-align: left; white-space: nowrap">run</th>' in html
+    assert '<td style="text-align: right">76.92 (n=1)</td>' in html and '<td style="text-align: right">—</td>' in html
+    assert '<a href="runs/a&lt;b/notebook.html">a&lt;b</a>' in html and "x &amp; y" in html and ">n/a</td>" in html
+    assert "<th></th>" not in html and "<th>0</th>" not in html  # no index column

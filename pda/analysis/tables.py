@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
+from html import escape
 from typing import Any
 
 import numpy as np
@@ -106,10 +108,11 @@ def speed_columns(data: pd.DataFrame, suffix: str = "") -> list[Column]:
 
 # ----------------------------------------------------------------------------- tables
 
-def runs_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per run: the main metric, size, achieved sparsity, speed-ups and energy, ready to read."""
+def runs_table(frame: pd.DataFrame, run_ids: bool = False) -> pd.DataFrame:
+    """One row per run: the main metric, size, achieved sparsity, speed-ups and energy, ready to read
+    (``run_ids``: a first column with the run id, e.g. to link each run)."""
     columns = [
-        Column("run", "run_id"), Column("task", "task"), Column("scenario", "scenario"),
+        *[Column("run", "run_id")] * run_ids, Column("task", "task"), Column("scenario", "scenario"),
         Column("target sparsity (%)", "sparsity", target_sparsity),
         Column("seed", "seed", integer), Column("metric", "main_metric"), Column("score (%)", "main_metric_value", POINTS),
         Column("params (M)", "params_total", MILLIONS), Column("size reduction (×)", "size_reduction_params", TIMES),
@@ -202,3 +205,37 @@ def markdown_table(df: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(map(cell, df.columns)) + " |", "|" + "---|" * len(df.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join(lines)
+
+
+_NUMBER_CELL = re.compile(r"^[-+]?[\d,]*\.?\d+( ± [\d.]+)?( \(n=\d+\)| \(\d+/\d+ tasks\))?$")
+
+
+def _numeric_column(values: Sequence[Any]) -> bool:
+    """Numbers (and '—' / 'n/a') read best right-aligned; words left-aligned."""
+    cells = [str(v) for v in values if not is_missing(v) and str(v) not in (NOT_APPLICABLE, NOT_MEASURED)]
+    return bool(cells) and all(_NUMBER_CELL.match(c) for c in cells)
+
+
+def html_table(df: pd.DataFrame, links: Mapping[str, Sequence[str]] | None = None) -> str:
+    """``df`` as an HTML table for reading: no index, nothing truncated, text columns left-aligned and
+    numbers right-aligned, a first column of short labels never wrapped; ``links`` maps a column to one href
+    per row."""
+    links = links or {}
+    align = ["right" if _numeric_column(list(df[c])) else "left" for c in df.columns]
+    short_first = len(df.columns) > 0 and all(len(str(v)) <= 32 for v in df.iloc[:, 0])  # ids, recipes, labels
+
+    def cell(tag: str, j: int, content: str) -> str:
+        nowrap = "; white-space: nowrap" if j == 0 and short_first else ""
+        return f'<{tag} style="text-align: {align[j]}{nowrap}">{content}</{tag}>'
+
+    head = "".join(cell("th", j, escape(str(c))) for j, c in enumerate(df.columns))
+    rows = []
+    for i, values in enumerate(df.itertuples(index=False)):
+        cells = []
+        for j, (col, value) in enumerate(zip(df.columns, values)):
+            text = escape(NOT_MEASURED if is_missing(value) else str(value))
+            if col in links:
+                text = f'<a href="{escape(links[col][i])}">{text}</a>'
+            cells.append(cell("td", j, text))
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    return f'<table class="dataframe"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'

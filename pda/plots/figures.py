@@ -15,9 +15,10 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from pda.analysis import FigureData, recipe_label, recipe_sort_key, task_sort_key
+from pda.analysis.frame import pct
 from pda.plots.labels import label_points, plain_log_axis
 from pda.plots.style import (
-    STYLE, col, error_bars, figure_legend, finish, grid, grouped_positions, n_caption, note, pct, recipe_axis,
+    STYLE, col, error_bars, figure_legend, finish, grid, grouped_positions, n_caption, note, recipe_axis,
     recipes_in, scenario_color, single, spread,
 )
 
@@ -99,7 +100,7 @@ def plot_size_vs_sparsity(data: FigureData, out_dir: Path | None = None) -> Figu
         ax.set_xlabel("target sparsity (%)  — unpruned recipes drawn around 0 %")
         ax.set_ylabel("parameters (millions)")
         ax.set_ylim(bottom=0)
-        ax.set_title(_title(title, n_caption(col(stats, "params_total_n"), "run")))
+        ax.set_title(_title(title, n_caption(col(stats, "params_total_n"), "run", "tasks × seeds")))
         ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
         return finish(fig, out_dir, stem)
 
@@ -111,7 +112,8 @@ def plot_speedup(data: FigureData, out_dir: Path | None = None) -> Figure:
     and seeds), with the FLOP-count bound (teacher FLOPs / model FLOPs) as a black diamond."""
     stem = "fig4_speedup"
     with mpl.rc_context(STYLE):
-        title = "Inference speed-up vs teacher" + (f" ({data.speed_context})" if data.speed_context else "")
+        title = "Inference speed-up vs teacher, mean over tasks and seeds" + (
+            f" ({data.speed_context})" if data.speed_context else "")
         stats = data.by_recipe
         if stats.empty:
             return finish(single("no runs", title), out_dir, stem)
@@ -140,7 +142,7 @@ def plot_speedup(data: FigureData, out_dir: Path | None = None) -> Figure:
             ax.set_ylabel("speed-up vs teacher (×, latency ratio)")
             ax.set_ylim(bottom=0)
         figure_legend(fig, axes)
-        fig.suptitle(_title(title, n_caption(ns, "run")))
+        fig.suptitle(_title(title, n_caption(ns, "run", "tasks × seeds")))
         return finish(fig, out_dir, stem)
 
 
@@ -151,7 +153,7 @@ def plot_emissions(data: FigureData, out_dir: Path | None = None) -> Figure:
     mean over tasks and seeds per recipe; the title says 'estimated' when the energy modes are estimates."""
     stem = "fig5_emissions"
     with mpl.rc_context(STYLE):
-        title = "Energy and emissions per run" + (
+        title = "Energy and emissions per run, mean over tasks and seeds" + (
             " — ESTIMATED (" + "; ".join(data.energy_modes) + ")" if data.energy_estimated else "")
         stats = data.by_recipe
         if stats.empty:
@@ -182,7 +184,7 @@ def plot_emissions(data: FigureData, out_dir: Path | None = None) -> Figure:
             recipe_axis(ax, list(x), recipes)
             ax.set_ylabel(label)
         figure_legend(fig, axes)
-        fig.suptitle(_title(title, n_caption(ns, "run")), wrap=True)
+        fig.suptitle(_title(title, n_caption(ns, "run", "tasks × seeds")), wrap=True)
         return finish(fig, out_dir, stem)
 
 

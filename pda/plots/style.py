@@ -13,6 +13,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure  # Figure without pyplot: no global figure registry, no backend switch
 
 from pda.analysis import SCENARIO_ORDER, is_missing
+from pda.analysis.frame import pct
 
 SCENARIO_COLORS: dict[str, str] = dict(zip(SCENARIO_ORDER, (
     "#3d3d3d", "#8c8c8c", "#1f77b4", "#ff7f0e", "#d62728", "#2ca02c", "#17becf", "#9467bd", "#e377c2",
@@ -84,10 +85,6 @@ def finish(fig: Figure, out_dir: Path | None, stem: str) -> Figure:
     return fig
 
 
-def pct(sparsity: float) -> float:
-    return float(sparsity) * 100 if float(sparsity) <= 1 else float(sparsity)
-
-
 def recipes_in(df: pd.DataFrame) -> list[tuple[str, float | None]]:
     return list(zip(df["scenario"], [None if is_missing(p) else float(p) for p in df["sparsity"]]))
 
@@ -134,12 +131,14 @@ def error_bars(ax: Axes, x: Sequence[float], y: Sequence[float], err: Sequence[f
                     capsize=kwargs.pop("capsize", 3), elinewidth=kwargs.pop("elinewidth", 1), **kwargs)
 
 
-def n_caption(ns: Sequence[float], unit: str) -> str:
-    """What stands behind each mark: 'n = 1 seed per bar, no error bars' or 'n = 3 seeds …; error bars = std'."""
+def n_caption(ns: Sequence[float], unit: str, over: str = "") -> str:
+    """What stands behind each mark: 'n = 1 seed each, no error bars' or
+    'n = 2 runs (tasks × seeds) each; error bars = sample std'."""
     counts = sorted({int(v) for v in ns if not is_missing(v) and v > 0})
     if not counts:
         return ""
+    what = f" ({over})" if over else ""
     if counts == [1]:
-        return f"n = 1 {unit} each, no error bars"
+        return f"n = 1 {unit}{what} each, no error bars"
     span = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
-    return f"n = {span} {unit}s each; error bars = sample std" + (" where n > 1" if counts[0] == 1 else "")
+    return f"n = {span} {unit}s{what} each; error bars = sample std" + (" where n > 1" if counts[0] == 1 else "")
