@@ -91,6 +91,15 @@ def write_site(output_dir: Path) -> Path:
     return index
 
 
+def site_note(output_dir: Path) -> str:
+    """Write the pages and say where they are; a rendering error is reported, never raised, so that
+    the study that just ran still reports its runs."""
+    try:
+        return f"results for reading without Jupyter: {write_site(output_dir)}"
+    except Exception as exc:  # noqa: BLE001 - the study's outcomes matter more than its HTML
+        return f"could not render {Path(output_dir) / INDEX}: {type(exc).__name__}: {exc} (retry: python -m pda.site)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pda.site", description=__doc__.splitlines()[0])
     parser.add_argument("output_dir", type=Path, help="a study's output folder (holds runs/ and notebooks/)")

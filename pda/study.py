@@ -232,7 +232,7 @@ def run_study(params_file: Path, workers: int = 0, scheduler: Any = None, kernel
             outcomes = run_parallel(client, cfg, specs, execute)
     if analysis:
         outcomes.extend(run_analysis(params_file, cfg, kernel_name))
-        print(f"results for reading without Jupyter: {site.write_site(Path(cfg.output_dir))}", flush=True)
+        print(site.site_note(Path(cfg.output_dir)), flush=True)
     return outcomes
 
 

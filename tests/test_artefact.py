@@ -173,3 +173,15 @@ def test_index_html_links_every_run_and_opens_offline(tiny_study) -> None:
         assert not re.search(r"""<(?:script|link)[^>]+(?:src|href)=["']https?:""", text)
     assert index.count("data:image/png;base64,") >= 6  # the six figures, inline
     assert not re.search(r"""<(?:script|link)[^>]+(?:src|href)=["']https?:""", index)  # nothing fetched
+
+
+def test_site_without_an_analysis_or_runs_still_renders_and_a_failure_is_reported(tmp_path) -> None:
+    from pda import site
+
+    (tmp_path / "runs" / "x-FT-seed0").mkdir(parents=True)
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# a run that failed")])
+    nbformat.write(nb, tmp_path / "runs" / "x-FT-seed0" / "notebook.ipynb")  # no result.json: failed
+    index = site.write_site(tmp_path).read_text(encoding="utf-8")
+    assert "has not run yet" in index and 'href="runs/x-FT-seed0/notebook.html"' in index and "failed" in index
+    (tmp_path / "runs" / "x-FT-seed0" / "notebook.ipynb").write_text("{not json")
+    assert site.site_note(tmp_path).startswith("could not render")
