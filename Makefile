@@ -8,7 +8,7 @@ PARAMS ?= parameters/default.yaml
 WORKERS ?= 0
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: setup study smoke test lab plan clean-outputs
+.PHONY: setup study smoke test lab plan site clean-outputs
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,5 +36,10 @@ test: setup
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks $(ROOT_FLAG)
 
+# outputs/index.html again from a study's executed notebooks (`make study` writes it at the end).
+OUT ?= outputs
+site: setup
+	$(PY) -m pda.site $(OUT)
+
 clean-outputs:
-	rm -rf outputs/runs outputs/figures outputs/notebooks outputs/report.md outputs/smoke
+	rm -rf outputs/runs outputs/figures outputs/notebooks outputs/report.md outputs/index.html outputs/smoke

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pda import fingerprint, scaleout
+from pda import fingerprint, scaleout, site
 from pda.config import RunConfig, StudyConfig, check_data, for_run, load_params, share_cores
 from pda.runs import RunSpec, dependencies, expand_grid, is_done, move_aside, run_dir, run_state
 
@@ -50,15 +51,22 @@ def execute_notebook(notebook: str, output: Path, parameters: dict, kernel_name:
     # Encrypt kernel traffic when the kernel supports it (ours does); otherwise ipykernel warns on
     # every kernel start, once per run.
     encrypted = Config({"KernelManager": {"transport_encryption": "auto"}})
-    papermill.execute_notebook(
+    papermill.execute_notebook(  # no widget state saved: progress widgets leave only their final line
         str(NOTEBOOKS_DIR / notebook), str(output), parameters=parameters, kernel_name=kernel_name,
-        cwd=str(NOTEBOOKS_DIR), progress_bar=False, log_output=False, config=encrypted,
+        cwd=str(NOTEBOOKS_DIR), progress_bar=False, log_output=False, config=encrypted, store_widget_state=False,
     )
+
+
+def notebook_path(path: Path) -> str:
+    """``path`` as the notebooks name it: relative to notebooks/ (their working directory) when it lies in
+    the project, so an executed notebook shows no machine's folders; absolute when it lies elsewhere."""
+    path = Path(path).resolve()
+    return os.path.relpath(path, NOTEBOOKS_DIR) if path.is_relative_to(NOTEBOOKS_DIR.parent) else str(path)
 
 
 def run_parameters(params_file: Path, spec: RunSpec, torch_threads: int | None = None) -> dict:
     """The notebook's parameters; ``torch_threads`` only when a parallel study caps it."""
-    params = {"params_file": str(Path(params_file).resolve()), "task": spec.task, "scenario": spec.scenario,
+    params = {"params_file": notebook_path(params_file), "task": spec.task, "scenario": spec.scenario,
               "sparsity": spec.sparsity, "seed": spec.seed}
     if torch_threads is not None:
         params["torch_threads"] = torch_threads
@@ -265,6 +273,7 @@ def run_study(params_file: Path, workers: int = 0, scheduler: Any = None, kernel
             outcomes = run_parallel(client, cfg, specs, execute)
     if analysis:
         outcomes.extend(run_analysis(params_file, cfg, kernel_name))
+        print(site.site_note(Path(cfg.output_dir)), flush=True)
     return outcomes
 
 
@@ -272,8 +281,7 @@ def run_analysis(params_file: Path, cfg: StudyConfig, kernel_name: str = KERNEL_
     """The analysis notebook over whatever runs finished; its failure is one more failed outcome."""
     analysis_nb = Path(cfg.output_dir) / "notebooks" / "99_analysis.ipynb"
     try:
-        execute_notebook("99_analysis.ipynb", analysis_nb, {"params_file": str(Path(params_file).resolve())},
-                         kernel_name)
+        execute_notebook("99_analysis.ipynb", analysis_nb, {"params_file": notebook_path(params_file)}, kernel_name)
     except Exception as exc:  # noqa: BLE001
         print(f"analysis notebook failed: {exc} (see {analysis_nb})", file=sys.stderr)
         return [Outcome(RunSpec("*", "analysis", None, 0), "failed", analysis_nb, str(exc))]

@@ -12,11 +12,11 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmup
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from pda.precision import autocast, autocast_dtype
+from pda.progress import Progress
 
 Batch = dict[str, torch.Tensor]
 LossFn = Callable[[torch.nn.Module, Batch], tuple[torch.Tensor, dict[str, float]]]
@@ -165,7 +165,7 @@ def fit(
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     start = time.perf_counter()
     step = 0
-    bar = tqdm(total=total_steps, desc=desc, leave=False, mininterval=2.0)
+    bar = Progress(total_steps, desc)  # a widget in Jupyter, one final line in executed notebooks
     while step < total_steps:
         for batch in loader:
             if step >= total_steps:

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+from html import escape
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from pda.analysis import energy_is_estimated
+from pda.analysis.tables import (
+    MILLIONS, NOT_APPLICABLE, NOT_MEASURED, POINTS, WATT_HOURS, fixed, html_table, integer, percent_of_one,
+)
 from pda.config import RunConfig, StudyConfig
 from pda.data import load_split, locate_task
 from pda.records import RunRecord
@@ -20,7 +26,8 @@ def describe_run(cfg: RunConfig) -> str:
     s, t = cfg.study, cfg.study.training
     flags = ", ".join(k for k, on in cfg.flags.items() if on and k != "finetune") or "none"
     lines = [
-        f"task {cfg.task} | scenario {cfg.scenario} (flags: {flags}) | sparsity {cfg.sparsity} | seed {cfg.seed}",
+        f"task {cfg.task} | scenario {cfg.scenario} (flags: {flags}) | target sparsity "
+        f"{NOT_APPLICABLE if cfg.sparsity is None else f'{cfg.sparsity:.0%}'} | seed {cfg.seed}",
         f"model {s.model} | train samples {s.max_train_samples or 'all'} | max length {s.max_seq_length}",
         f"epochs {t.epochs} | batch {t.batch_size} | lr {t.learning_rate} | adapter lr {s.adapters.learning_rate}",
     ]
@@ -34,7 +41,7 @@ def describe_run(cfg: RunConfig) -> str:
     return "\n".join(lines)
 
 
-def data_overview(study: StudyConfig) -> pd.DataFrame:
+def data_overview(study: StudyConfig) -> "Table":
     """Rows per split next to the official count, and the majority-class share."""
     rows = []
     for name in study.tasks:
@@ -45,9 +52,11 @@ def data_overview(study: StudyConfig) -> pd.DataFrame:
             ds = load_split(task, split, source)
             labels = np.asarray(list(ds["label"]))
             majority = None if task.is_regression else round(float(np.bincount(labels).max() / len(labels)) * 100, 1)
-            rows.append({"task": name, "split": split, "rows": len(ds), "official": official.get(split),
-                         "matches_official": len(ds) == official.get(split), "majority_class_%": majority})
-    return pd.DataFrame(rows)
+            rows.append({"task": name, "split": split, "rows": f"{len(ds):,}",
+                         "official rows": NOT_MEASURED if official.get(split) is None else f"{official[split]:,}",
+                         "matches official": "yes" if len(ds) == official.get(split) else "NO",
+                         "majority class (%)": NOT_APPLICABLE if majority is None else f"{majority:.1f}"})
+    return Table(pd.DataFrame(rows), "majority class: — for regression tasks")
 
 
 def plot_token_lengths(study: StudyConfig):
@@ -70,26 +79,50 @@ def plot_token_lengths(study: StudyConfig):
     return fig
 
 
-def record_table(record: RunRecord) -> pd.DataFrame:
-    """The headline numbers of one run, as a two-column table."""
-    rows = {f"dev {k}": v for k, v in record.metrics.items()}
-    rows["parameters (M)"] = round(record.params.get("total", float("nan")) / 1e6, 3)
-    rows["encoder parameters (M)"] = round(record.params.get("encoder", float("nan")) / 1e6, 3)
-    rows["trainable parameters"] = record.params.get("trainable")
-    if record.teacher_params:
-        rows["uncompressed parameters (M)"] = round(record.teacher_params["total"] / 1e6, 3)
-    if record.sparsity_achieved:
-        rows["achieved sparsity, encoder"] = record.sparsity_achieved["encoder"]
-        rows["achieved sparsity, total"] = record.sparsity_achieved["total"]
-    rows["weights on disk (MB)"] = round(record.bytes_on_disk / 1e6, 2) if record.bytes_on_disk else None
-    if record.flops:
-        rows["FLOP reduction bound"] = record.flops["reduction_bound"]
-    for bs, s in ((record.speed or {}).get("by_batch") or {}).items():
-        rows[f"speed-up, batch {bs}"] = s["speedup"]
-    rows["training steps"] = record.train_steps
-    text = {k: (f"{v:,}" if isinstance(v, int) else f"{v:.4g}" if isinstance(v, float) else str(v))
-            for k, v in rows.items()}
-    return pd.DataFrame({"value": text})
+class Table:
+    """A table as a reader sees it: no index column, no truncated cells, the same text in every frontend.
+
+    JupyterLab and nbconvert's HTML use ``_repr_html_``; plain-text views (and nbval) use ``repr``.
+    """
+
+    def __init__(self, df: pd.DataFrame, caption: str = "") -> None:
+        self.df, self.caption = df, caption
+
+    def _repr_html_(self) -> str:
+        caption = f"<p>{escape(self.caption)}</p>" if self.caption else ""
+        return caption + html_table(self.df)
+
+    def __repr__(self) -> str:
+        text = self.df.to_string(index=False, na_rep=NOT_MEASURED)
+        return f"{self.caption}\n{text}" if self.caption else text
+
+
+def record_table(record: RunRecord) -> Table:
+    """The headline numbers of one run, with units, as a two-column table."""
+    params, teacher = record.params or {}, record.teacher_params or {}
+    speed = (record.speed or {}).get("by_batch") or {}
+    energy = [((record.energy or {}).get(p) or {}).get("kwh") for p in ("train", "inference")]
+    rows: list[tuple[str, Any, Any]] = [(f"dev {k} (%)", v, POINTS) for k, v in record.metrics.items()]
+    rows += [
+        ("parameters (M)", params.get("total"), MILLIONS),
+        ("encoder parameters (M)", params.get("encoder"), MILLIONS),
+        ("trainable parameters", params.get("trainable"), integer),
+        ("uncompressed parameters (M)", teacher.get("total"), MILLIONS),
+        ("achieved sparsity, encoder (%)", (record.sparsity_achieved or {}).get("encoder"), percent_of_one()),
+        ("achieved sparsity, whole model (%)", (record.sparsity_achieved or {}).get("total"), percent_of_one()),
+        ("weights on disk (MB)", record.bytes_on_disk, fixed(2, 1e-6)),
+        ("FLOP reduction bound (×)", (record.flops or {}).get("reduction_bound"), fixed(2)),
+        *[(f"speed-up vs uncompressed, batch {bs} (×)", s.get("speedup"), fixed(2)) for bs, s in speed.items()],
+        ("energy, training + inference (Wh, estimated)" if _estimated(record) else "energy, training + inference (Wh)",
+         None if None in energy else sum(energy), WATT_HOURS),
+        ("training steps", record.train_steps, integer),
+    ]
+    return Table(pd.DataFrame({"measure": [name for name, _, _ in rows], "value": [fmt(v) for _, v, fmt in rows]}))
+
+
+def _estimated(record: RunRecord) -> bool:
+    modes = [((record.energy or {}).get(p) or {}).get("mode") for p in ("train", "inference")]
+    return energy_is_estimated(m for m in modes if m)
 
 
 def plot_history(cfg: RunConfig):

@@ -176,7 +176,7 @@ def pick(recs: pd.DataFrame, task: str, priority_prefix: str) -> pd.Series:
 
 def test_recommendations_follow_the_rule(true_frame: pd.DataFrame) -> None:
     recs = analysis.recommendations(true_frame, tolerance=1.0)
-    assert len(recs) == 2 * len(analysis.PRIORITIES)
+    assert len(recs) == 2 * (1 + len(analysis.priorities(analysis.aggregate(true_frame))))
     for task in FT_METRIC:  # eligible: FT, A, P/P+A/P+D/P+D+A at 50 %
         assert pick(recs, task, "keep accuracy")["recipe"] == "A"
         assert pick(recs, task, "smallest")["recipe"] == "P+D+A 50%"  # 57 M; the 20 M P+D+A 90 % is 3 points down
@@ -185,7 +185,7 @@ def test_recommendations_follow_the_rule(true_frame: pd.DataFrame) -> None:
         assert pick(recs, task, "least CO2")["recipe"] == "P 50%"
     smallest = pick(recs, "rte", "smallest")
     assert smallest["params_M"] == pytest.approx(57) and smallest["delta_vs_ft"] == pytest.approx(-0.6)
-    assert smallest["metric"] == "79.40 ± 1.00"
+    assert smallest["metric"] == "79.40 ± 1.00 (n=3)"
 
 
 def test_recommendations_respect_tolerance(true_frame: pd.DataFrame) -> None:
@@ -214,7 +214,7 @@ def test_recommendations_say_when_not_computable() -> None:
 def verdicts(records: list[RunRecord]) -> dict[str, str]:
     table = analysis.claims(analysis.records_frame(records))
     assert list(table.columns) == ["claim", "verdict", "evidence", "rule"]
-    assert set(table["verdict"]) <= {"confirmed", "refuted", "inconclusive"}
+    assert {analysis.verdict_kind(v) for v in table["verdict"]} <= {"confirmed", "refuted", "inconclusive", "n = 1"}
     return {c.split(")")[0] + ")": v for c, v in zip(table["claim"], table["verdict"])}
 
 
@@ -278,7 +278,7 @@ def test_survival_matrix_averages_seeds() -> None:
 FIGURE_STEMS = ("fig2_metric_by_scenario", "fig3_size_vs_sparsity", "fig4_speedup", "fig5_emissions",
                 "fig6_survival", "fig7_pareto")
 FIGURE_FUNCTIONS = [plots.plot_metric_by_scenario, plots.plot_size_vs_sparsity, plots.plot_speedup,
-                    plots.plot_emissions, plots.plot_pareto]
+                    plots.plot_emissions, plots.plot_survival_heatmap, plots.plot_pareto]
 
 
 def assert_image_files(png: Path, svg: Path, min_png_bytes: int = 2000) -> None:
@@ -292,7 +292,9 @@ def report(true_records: list[RunRecord], tmp_path_factory: pytest.TempPathFacto
     root = tmp_path_factory.mktemp("report")
     for r in true_records:
         write_record(r, root / "runs" / r.run_id)
-    out = analysis.write_report(root / "runs", root / "outputs" / "report.md", root / "outputs" / "figures")
+    figures = plots.save_all_figures(analysis.figure_data(analysis.records_frame(true_records), true_records),
+                                     root / "outputs" / "figures")
+    out = analysis.write_report(root / "runs", root / "outputs" / "report.md", figures)
     return out, root / "outputs" / "figures"
 
 
@@ -308,34 +310,36 @@ def test_figures_tolerate_missing_columns_and_scenarios(fn, true_frame: pd.DataF
     partial = true_frame[true_frame["scenario"].isin(["FT", "P+D+A"])].drop(columns=dropped)
     no_values = true_frame.assign(main_metric_value=np.nan, params_total=np.nan, speedup_b1=np.nan)
     for name, data in (("partial", partial), ("empty", analysis.records_frame([])), ("no_values", no_values)):
-        fig = fn(data)
+        fig = fn(analysis.figure_data(data, []))
         notes = [t.get_text() for ax in fig.axes for t in ax.texts if t.get_text().startswith("no ")]
         assert notes or name != "empty", "an empty frame must give a panel with a note"
         assert_image_files(*plots.save_figure(fig, tmp_path, name, dpi=40), min_png_bytes=500)
 
 
 def test_survival_heatmap_panels_and_empty(true_records: list[RunRecord], tmp_path: Path) -> None:
-    fig = plots.plot_survival_heatmap(analysis.survival_matrix(true_records))
+    fig = plots.plot_survival_heatmap(analysis.figure_data(analysis.records_frame(true_records), true_records))
     assert [ax.get_title() for ax in fig.axes[:4]] == ["P", "P+A", "P+D", "P+D+A"]
     assert fig.axes[0].images[0].get_array().shape == (6, 4)  # 6 layers x (heads, FFN) x 2 sparsities
-    assert_image_files(*plots.save_figure(plots.plot_survival_heatmap({}), tmp_path, "empty", dpi=40), 500)
+    empty = analysis.figure_data(analysis.records_frame([]), [])
+    assert_image_files(*plots.save_figure(plots.plot_survival_heatmap(empty), tmp_path, "empty", dpi=40), 500)
 
 
 def test_pareto_front() -> None:
-    assert plots.pareto_front([10, 20, 30, 15], [70, 80, 79, 69]) == [0, 1]
-    assert plots.pareto_front([10, 10, np.nan], [70, 75, 90]) == [1]
+    assert analysis.pareto_front([10, 20, 30, 15], [70, 80, 79, 69]) == [0, 1]
+    assert analysis.pareto_front([10, 10, np.nan], [70, 75, 90]) == [1]
 
 
 def test_write_report(report: tuple[Path, Path], tmp_path: Path) -> None:
     text = report[0].read_text(encoding="utf-8")
-    for needle in ("## Main metric per task", "| recipe | rte | sst2 | GLUE low | GLUE high |",
-                   "| P+D+A 50% | 79.40 ± 1.00 (3) | 89.40 ± 1.00 (3) | 79.40 (1/4 tasks) | 89.40 (1/4 tasks) |",
-                   "## Recommendations", "| rte | smallest size | P+D+A 50% | 79.40 ± 1.00 | -0.60 | 57.00 |",
+    for needle in ("## Main metric per task",
+                   "| recipe | rte accuracy (%) | sst2 accuracy (%) | GLUE low mean (%) | GLUE high mean (%) |",
+                   "| P+D+A 50% | 79.40 ± 1.00 (n=3) | 89.40 ± 1.00 (n=3) | 79.40 (1/4 tasks) | 89.40 (1/4 tasks) |",
+                   "## Recommendations", "| rte | smallest size | P+D+A 50% | 79.40 ± 1.00 (n=3) | -0.60 | 57.00 |",
                    "## Claims", "| (1) Adapters reach FT accuracy (A ≈ FT) | confirmed |",
                    "## Carbon footprint", "These figures are estimates",
                    "![fig2_metric_by_scenario](figures/fig2_metric_by_scenario.png)"):
         assert needle in text, needle
-    empty = analysis.write_report(tmp_path / "none", tmp_path / "empty.md", tmp_path / "f2")
+    empty = analysis.write_report(tmp_path / "none", tmp_path / "empty.md")
     assert "No finished runs" in empty.read_text(encoding="utf-8")
 
 
@@ -359,3 +363,118 @@ def test_recipes_no_better_than_the_linear_probe_are_never_recommended(true_fram
     frame.loc[collapsed, "main_metric_value"] = frame.loc[rte & frame["scenario"].eq("base"), "main_metric_value"].mean()
     recs = analysis.recommendations(frame, tolerance=100.0)
     assert "P+D+A 90%" not in set(recs[recs["task"] == "rte"]["recipe"].dropna())
+
+
+# ----------------------------------------------------------------------------- evidence-respecting verdicts
+
+def claim_verdicts(records: list[RunRecord]) -> dict[str, str]:
+    table = analysis.claims(analysis.records_frame(records))
+    return {c.split(")")[0] + ")": v for c, v in zip(table["claim"], table["verdict"])}
+
+
+def test_one_seed_accuracy_claims_are_not_tested_and_name_a_collapsed_task() -> None:
+    """n = 1: no spread, so no verdict from a standard error of 0; A at the linear probe on rte is named."""
+    world = dict(TRUE_WORLD)
+    world[("A", None)] = TRUE_WORLD[("base", None)]  # A no better than the linear probe (on both tasks' means)
+    records = make_world(world, seeds=(0,))
+    records = [r for r in records if not (r.task == "sst2" and r.scenario == "A")]
+    records.append(make_run("sst2", "A", None, 0, TRUE_WORLD[("A", None)]))  # sst2: A within 0.5 of FT
+    v = claim_verdicts(records)
+    assert v["(1)"] == "n = 1, not tested; on the means alone it holds on sst2; fails on rte"
+    assert v["(2)"] == "n = 1, not tested; on the means alone it holds on rte, sst2"
+    evidence = analysis.claims(analysis.records_frame(records))["evidence"].iloc[0]
+    assert "rte: A 70.00 is no better than the linear probe (base 70.00)" in evidence and "no spread" in evidence
+    one_seed_table = analysis.accuracy_table(analysis.aggregate(analysis.records_frame(records)))
+    assert not one_seed_table.apply(lambda c: c.str.contains("±")).any().any()  # no '± 0.00', no '± nan'
+    assert one_seed_table.iloc[0, 1] == "80.00 (n=1)"
+
+
+def test_claim_that_holds_on_the_mean_but_fails_on_a_task_says_so() -> None:
+    records = [r for r in make_world(TRUE_WORLD) if r.scenario != "A"]
+    records += [make_run("sst2", "A", None, s, (2.5, 111, 9.5, 190, 0.06)) for s in (0, 1, 2)]
+    records += [make_run("rte", "A", None, s, (-4.0, 111, 9.5, 190, 0.06)) for s in (0, 1, 2)]
+    assert claim_verdicts(records)["(1)"] == "confirmed on the mean; fails on rte"  # mean -0.75 >= -1
+    records = [r for r in records if not (r.scenario == "A" and r.task == "sst2")]
+    records += [make_run("sst2", "A", None, s, (-0.5, 111, 9.5, 190, 0.06)) for s in (0, 1, 2)]
+    assert claim_verdicts(records)["(1)"] == "refuted on the mean; holds on sst2"  # mean -2.25 < -1 - 2 SE (2.15)
+
+
+def test_distillation_claim_names_a_task_that_disagrees() -> None:
+    records = [r for r in make_world(TRUE_WORLD) if not (r.scenario == "D" and r.task == "sst2")]
+    records += [make_run("sst2", "D", None, s, (2.5, 67, 5.0, 100, 0.15)) for s in (0, 1, 2)]
+    # rte: D 3 below FT, sst2: 2.5 above; the mean (-0.25) is within seed noise
+    assert claim_verdicts(records)["(2)"] == "inconclusive; holds on rte; fails on sst2"
+
+
+# ----------------------------------------------------------------------------- tables for readers
+
+def test_runs_table_is_formatted_with_units_and_dashes_for_what_does_not_apply(true_frame: pd.DataFrame) -> None:
+    table = analysis.runs_table(true_frame)
+    assert len(table) == len(true_frame)
+    assert {"params (M)", "score (%)", "target sparsity (%)", "encoder sparsity vs teacher (%)", "speed-up b1 (×)",
+            "speed-up b32 (×)", "energy (Wh)", "CO2 (g)"} <= set(table.columns)
+    first = table.iloc[0]  # rte FT seed 0: GLUE low first, FT first
+    assert (first["task"], first["scenario"], first["seed"]) == ("rte", "FT", "0")
+    assert first["params (M)"] == "110.00" and first["target sparsity (%)"] == "—"
+    assert first["encoder sparsity vs teacher (%)"] == "0.0" and first["score (%)"] == "80.00"
+    assert first["energy (Wh)"] == "110" and first["CO2 (g)"] == "55.0"
+    pruned = table[(table["scenario"] == "P+D+A") & (table["target sparsity (%)"] == "90")].iloc[0]
+    assert pruned["params (M)"] == "20.00" and pruned["encoder sparsity vs teacher (%)"] == "100.0"
+    assert all(isinstance(v, str) for v in table.to_numpy().ravel())
+    assert not table.apply(lambda c: c.str.fullmatch(r"-?\d+\.\d{3,}|nan|NaN|\d{5,}(\.0)?")).any().any()
+
+
+def test_tables_follow_the_measured_batch_sizes() -> None:
+    records = make_world({k: v for k, v in TRUE_WORLD.items() if k[0] in ("FT", "P")}, seeds=(0,))
+    for r in records:
+        r.speed["by_batch"]["8"] = r.speed["by_batch"].pop("32")
+    agg = analysis.aggregate(analysis.records_frame(records))
+    assert analysis.batch_sizes(agg) == [1, 8]
+    assert [p.label for p in analysis.priorities(agg)][1:3] == ["fastest (batch 1)", "fastest (batch 8)"]
+    assert "speed-up b8 (×)" in analysis.efficiency_table(agg).columns
+    assert "speed-up b32 (×)" not in analysis.efficiency_table(agg).columns
+
+
+# ----------------------------------------------------------------------------- error bars only where n > 1
+
+def error_bar_count(fig) -> int:
+    from matplotlib.container import ErrorbarContainer
+
+    return sum(isinstance(c, ErrorbarContainer) for ax in fig.axes for c in ax.containers)
+
+
+@pytest.mark.parametrize("fn", [plots.plot_metric_by_scenario, plots.plot_size_vs_sparsity, plots.plot_speedup,
+                                plots.plot_emissions, plots.plot_pareto], ids=lambda f: f.__name__)
+def test_no_error_bars_with_one_run_per_mark_and_the_caption_says_n(fn) -> None:
+    one = make_world(TRUE_WORLD, seeds=(0,))
+    one_task = [r for r in one if r.task == "rte"]
+    fig = fn(analysis.figure_data(analysis.records_frame(one_task), one_task))
+    assert error_bar_count(fig) == 0
+    assert "n = 1" in fig.get_suptitle() + "".join(ax.get_title() for ax in fig.axes)
+    three = make_world(TRUE_WORLD)
+    fig = fn(analysis.figure_data(analysis.records_frame(three), three))
+    assert error_bar_count(fig) > 0
+    assert "n = 1" not in fig.get_suptitle() + "".join(ax.get_title() for ax in fig.axes)
+
+
+def test_metric_figure_draws_the_seed_std_as_error_bars() -> None:
+    records = make_world(TRUE_WORLD)  # every (task, recipe) has 3 seeds with sample std 1
+    fig = plots.plot_metric_by_scenario(analysis.figure_data(analysis.records_frame(records), records))
+    assert "n = 3 seeds each; error bars = sample std" in fig.get_suptitle()
+    from matplotlib.container import ErrorbarContainer
+
+    bars = [c for c in fig.axes[0].containers if isinstance(c, ErrorbarContainer)][0]
+    segments = bars.lines[2][0].get_segments()
+    assert len(segments) == len(TRUE_WORLD)
+    assert all(seg[1][1] - seg[0][1] == pytest.approx(2.0) for seg in segments)  # mean ± 1
+
+
+def test_html_table_aligns_words_left_numbers_right_escapes_and_links() -> None:
+    from pda.analysis.tables import html_table
+
+    df = pd.DataFrame({"run": ["a<b", "c"], "score (%)": ["76.92 (n=1)", "—"], "note": ["x & y", None]})
+    html = html_table(df, links={"run": ["runs/a<b/notebook.html", "runs/c/notebook.html"]})
+    assert '<th style="text-align: left; white-space: nowrap">run</th>' in html
+    assert '<td style="text-align: right">76.92 (n=1)</td>' in html and '<td style="text-align: right">—</td>' in html
+    assert '<a href="runs/a&lt;b/notebook.html">a&lt;b</a>' in html and "x &amp; y" in html and ">n/a</td>" in html
+    assert "<th></th>" not in html and "<th>0</th>" not in html  # no index column

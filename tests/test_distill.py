@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 from transformers import BertConfig, BertForSequenceClassification
 
+from pda import distill as distill_module
 from pda.distill import (
     LayerDistiller,
     TeacherLogitCache,
@@ -268,9 +270,32 @@ def test_teacher_logit_cache_save_load(tmp_path):
     torch.testing.assert_close(loaded.get(list(range(40))), cache.get(list(range(40))))
 
 
-def test_time_cache_vs_online_runs():
-    out = time_cache_vs_online(tiny_bert(layers=2), list(_loader(shuffle=False)), epochs=2)
-    assert out["cached_s"] >= out["fill_s"] > 0 and out["online_s"] > 0
+def test_time_cache_vs_online_counts_one_fill_plus_lookups_against_every_online_epoch(monkeypatch):
+    """On a clock that moves only in teacher forwards (1 s each) and cache lookups (0.1 s each), the
+    cached side costs one pass of forwards plus a lookup per batch and epoch; the online side a pass
+    per epoch. A timing that skipped the fill, counted it per epoch or missed an epoch gives other numbers."""
+    clock = SimpleNamespace(now=0.0)
+    teacher = tiny_bert(layers=2)
+    forward = teacher.forward
+
+    def timed_forward(*args, **kwargs):
+        clock.now += 1.0
+        return forward(*args, **kwargs)
+
+    def timed_get(self, indices):
+        clock.now += 0.1
+        return real_get(self, indices)
+
+    real_get = TeacherLogitCache.get
+    teacher.forward = timed_forward
+    monkeypatch.setattr(TeacherLogitCache, "get", timed_get)
+    monkeypatch.setattr(distill_module, "time", SimpleNamespace(perf_counter=lambda: clock.now))
+    batches = list(_loader(shuffle=False))  # 5 batches of 8 rows
+    out = time_cache_vs_online(teacher, batches, epochs=3)
+    assert out["fill_s"] == pytest.approx(5.0)  # one forward per batch
+    assert out["cached_s"] == pytest.approx(5.0 + 3 * 5 * 0.1)  # the fill, then a lookup per batch and epoch
+    assert out["online_s"] == pytest.approx(3 * 5.0)
+    assert out["speedup"] == pytest.approx(15.0 / 6.5) and out["epochs"] == 3
 
 
 # ---------------------------------------------------------------- end to end: D on a tiny task

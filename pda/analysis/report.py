@@ -1,0 +1,75 @@
+"""The markdown report: tables, recommendations, claims, carbon statement and links to figures already drawn."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+from pda.analysis.carbon import carbon_statement
+from pda.analysis.claims import claims
+from pda.analysis.frame import aggregate, records_frame
+from pda.analysis.recommendations import recommendations
+from pda.analysis.tables import accuracy_table, efficiency_table, markdown_table, recommendation_table
+from pda.records import atomic_write_text, read_all_records
+
+RULES = (
+    "Eligible recipes on a task are those whose mean main metric is at least FT's mean minus the tolerance "
+    "and above the base (linear probe) run's, so a collapsed model never wins. "
+    "*Keep accuracy*: the eligible non-FT recipe with the highest mean metric (FT if none). "
+    "*Smallest size*: eligible recipe with the fewest mean total parameters. "
+    "*Fastest*: eligible recipe with the highest mean measured speed-up vs the teacher at that batch size. "
+    "*Least CO2*: eligible recipe with the lowest mean training + inference CO2 of its own run "
+    "(the teacher's training is not added). Ties go to the higher metric."
+)
+
+
+def _relative(path: Path, start: Path) -> str:
+    """``path`` relative to ``start`` (POSIX), so the report names no machine's folders."""
+    return Path(os.path.relpath(Path(path).resolve(), Path(start).resolve())).as_posix()
+
+
+def write_report(records_dir: Path, out_path: Path, figures: Sequence[Path] = (), tolerance: float = 1.0,
+                 loose_tolerance: float | None = 5.0) -> Path:
+    """Write the markdown report atomically; ``figures`` (already drawn, e.g. by
+    ``pda.plots.save_all_figures``) are linked relative to the report."""
+    records = read_all_records(Path(records_dir))
+    frame = records_frame(records)
+    agg = aggregate(frame)
+    out_path = Path(out_path)
+    parts = [
+        "# PDA results report", "",
+        f"{len(records)} run(s) from `{_relative(records_dir, out_path.parent)}`; metrics are GLUE dev-set main "
+        "metrics in percent, mean ± sample std over seeds with n = seeds (no ± when n = 1). "
+        "'n/a': not measured; '—': does not apply.", "",
+    ]
+    if not records:
+        parts += ["No finished runs were found.", ""]
+    else:
+        parts += [
+            "## Main metric per task", "", markdown_table(accuracy_table(agg)), "",
+            "## Size, speed and energy per recipe (mean over tasks)", "", markdown_table(efficiency_table(agg)), "",
+            f"## Recommendations (accuracy tolerance {tolerance:g} point(s))", "", RULES, "",
+            markdown_table(recommendation_table(recommendations(agg, tolerance))), "",
+        ]
+        if loose_tolerance is not None:
+            parts += [
+                f"## Recommendations when up to {loose_tolerance:g} points of the main metric may be traded", "",
+                "The same rules with a looser tolerance: what each priority buys when some accuracy can be spent.",
+                "", markdown_table(recommendation_table(recommendations(agg, loose_tolerance))), "",
+            ]
+        parts += [
+            "## Claims of the seed paper checked on these data", "",
+            "An accuracy claim needs seed spread: with one seed it reads 'n = 1, not tested'. A claim that holds "
+            "on the mean but fails on a task (or recipe) names it in its verdict.", "",
+            markdown_table(claims(agg, tolerance)), "",
+        ]
+    parts += ["## Carbon footprint", "", carbon_statement(frame)["sentence"], ""]
+    pngs = [Path(f) for f in figures if Path(f).suffix == ".png"]
+    if pngs:
+        parts += ["## Figures", ""]
+        for f in pngs:
+            rel = _relative(f, out_path.parent)
+            parts += [f"![{f.stem}]({rel}) ([SVG]({Path(rel).with_suffix('.svg').as_posix()}))", ""]
+    atomic_write_text(out_path, "\n".join(parts))
+    return out_path

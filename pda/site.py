@@ -1,0 +1,114 @@
+"""The study for readers without Jupyter: ``index.html`` (the analysis, then every run) rendered with nbconvert.
+
+``<output_dir>/index.html`` is the executed analysis notebook followed by a table of every run
+(headline numbers, a link to the run's notebook); each run's executed notebook becomes
+``runs/<run_id>/notebook.html`` beside it, with a link back. Pages are self-contained: figures
+are inline images, the CSS is inlined, and no script or font is fetched from the network, so
+they open offline from the file system.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+from jinja2 import DictLoader
+
+from pda.analysis import records_frame, runs_table
+from pda.analysis.tables import html_table
+from pda.records import RESULT_FILE, atomic_write_text, read_record
+
+INDEX = "index.html"
+RUN_PAGE = "notebook.html"
+ANALYSIS_NOTEBOOK = Path("notebooks") / "99_analysis.ipynb"
+# JupyterLab's look without the scripts it would fetch from a CDN (require.js, MathJax, mermaid, widgets).
+OFFLINE_TEMPLATE = """{%- extends 'index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+{% block jupyter_widgets %}{% endblock jupyter_widgets %}
+"""
+
+
+def render_html(nb: nbformat.NotebookNode, title: str, before: str = "", after: str = "") -> str:
+    """One executed notebook as a self-contained HTML page, with markdown ``before`` and ``after`` its cells."""
+    from nbconvert import HTMLExporter
+
+    nb = copy.deepcopy(nb)
+    nb.metadata.pop("widgets", None)  # widget views need scripts from the network; their final text stays
+    nb.metadata["title"] = title
+    if before:
+        nb.cells.insert(0, nbformat.v4.new_markdown_cell(before))
+    if after:
+        nb.cells.append(nbformat.v4.new_markdown_cell(after))
+    exporter = HTMLExporter(template_name="lab", extra_loaders=[DictLoader({"pda_offline.html.j2": OFFLINE_TEMPLATE})],
+                            template_file="pda_offline.html.j2", exclude_input_prompt=True,
+                            exclude_output_prompt=True)
+    body, _ = exporter.from_notebook_node(nb)
+    return body
+
+
+def runs_index(runs_dir: Path) -> str:
+    """Markdown: every run that has an executed notebook, with its headline numbers and a link to its page."""
+    notebooks = sorted(p.parent for p in Path(runs_dir).glob("*/notebook.ipynb"))
+    done = [d for d in notebooks if (d / RESULT_FILE).is_file()]
+    failed = [d for d in notebooks if not (d / RESULT_FILE).is_file()]
+    parts = ["## Every run's notebook", ""]
+    if not notebooks:
+        return "\n".join(parts + ["No run has an executed notebook yet."])
+    if done:
+        table = runs_table(records_frame([read_record(d) for d in done]), run_ids=True)
+        parts += [f"{len(done)} finished run(s); a run's link opens its executed notebook. "
+                  "'—': does not apply (unpruned), 'n/a': not measured.", "",
+                  html_table(table, links={"run": [f"runs/{rid}/{RUN_PAGE}" for rid in table["run"]]}), ""]
+    if failed:
+        rows = pd.DataFrame({"run": [d.name for d in failed],
+                             "status": ["failed: no result.json; the notebook shows the error"] * len(failed)})
+        parts += [f"{len(failed)} run(s) without a result:", "",
+                  html_table(rows, links={"run": [f"runs/{d.name}/{RUN_PAGE}" for d in failed]}), ""]
+    return "\n".join(parts)
+
+
+def write_site(output_dir: Path) -> Path:
+    """Render ``output_dir``'s executed notebooks to HTML (index first) and return the index's path."""
+    output_dir = Path(output_dir)
+    runs_dir = output_dir / "runs"
+    for notebook in sorted(runs_dir.glob("*/notebook.ipynb")):
+        page = render_html(nbformat.read(notebook, as_version=4), notebook.parent.name,
+                           before=f"[← all results of the study](../../{INDEX})")
+        atomic_write_text(notebook.with_name(RUN_PAGE), page)
+    analysis = output_dir / ANALYSIS_NOTEBOOK
+    if analysis.is_file():
+        nb = nbformat.read(analysis, as_version=4)
+    else:
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(
+            f"# Study results\n\nThe analysis notebook (`{ANALYSIS_NOTEBOOK.as_posix()}`) has not run yet.")])
+    index = output_dir / INDEX
+    atomic_write_text(index, render_html(nb, "PDA study: results", after=runs_index(runs_dir)))
+    return index
+
+
+def site_note(output_dir: Path) -> str:
+    """Write the pages and say where they are; a rendering error is reported, never raised, so that
+    the study that just ran still reports its runs."""
+    try:
+        return f"results for reading without Jupyter: {write_site(output_dir)}"
+    except Exception as exc:  # noqa: BLE001 - the study's outcomes matter more than its HTML
+        return f"could not render {Path(output_dir) / INDEX}: {type(exc).__name__}: {exc} (retry: python -m pda.site)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pda.site", description=__doc__.splitlines()[0])
+    parser.add_argument("output_dir", type=Path, help="a study's output folder (holds runs/ and notebooks/)")
+    args = parser.parse_args(argv)
+    if not (args.output_dir / "runs").is_dir():
+        parser.error(f"{str(args.output_dir)!r} has no runs/ folder; give a study's output_dir (e.g. outputs)")
+    print(write_site(args.output_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
