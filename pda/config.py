@@ -391,12 +391,33 @@ def _read_yaml(path: Path) -> Any:
     return raw
 
 
+def _read_with_base(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The file's mapping on top of the file its ``extends:`` names (a path relative to this file), recursively."""
+    raw = _read_yaml(path)
+    base = raw.pop("extends", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"parameter file {str(path)!r}: extends must be the path of another parameter file, "
+                          f"got {base!r}")
+    base_path = (path.parent / base).resolve()
+    if base_path in seen or base_path == path.resolve():
+        raise ConfigError(f"parameter file {str(path)!r}: extends {base!r} makes a cycle")
+    if not base_path.is_file():
+        raise ConfigError(f"parameter file {str(path)!r}: extends {base!r}, which does not exist ({base_path})")
+    return _deep_merge(_read_with_base(base_path, (*seen, path.resolve())), raw)
+
+
 def load_params(path: str | Path, **changes: Any) -> StudyConfig:
-    """Read a YAML parameter file (relative paths resolve from its folder's parent) and validate it."""
+    """Read a YAML parameter file (relative paths resolve from its folder's parent) and validate it.
+
+    ``extends: other.yaml`` starts from another parameter file and changes only what this one says
+    (mappings merge key by key; lists and values replace), e.g. the default study with more seeds.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"parameter file {str(path)!r} does not exist")
-    raw = _deep_merge(_read_yaml(path), changes)
+    raw = _deep_merge(_read_with_base(path), changes)
     cfg = _build(StudyConfig, raw, "")
     root = path.resolve().parent.parent  # parameters/ sits in the project root
     if isinstance(cfg.data_dir, str) and cfg.data_dir and not os.path.isabs(os.path.expanduser(cfg.data_dir)):

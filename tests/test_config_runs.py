@@ -182,3 +182,19 @@ def test_overrides_apply_by_group_scenario_task_then_task_scenario(make_params):
 def test_scenario_overrides_are_checked_like_the_rest(make_params, overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_params(make_params(overrides=overrides))
+
+
+def test_a_parameter_file_can_extend_another(make_params, tmp_path):
+    base = make_params(seeds=[0], training={"epochs": 2, "batch_size": 8})
+    more = base.parent / "more.yaml"
+    more.write_text("extends: p.yaml\nseeds: [0, 1, 2]\ntraining: {epochs: 3}\n")
+    cfg = load_params(more)
+    assert cfg.seeds == [0, 1, 2] and (cfg.training.epochs, cfg.training.batch_size) == (3, 8)
+    loop = base.parent / "loop.yaml"
+    loop.write_text("extends: loop.yaml\n")
+    with pytest.raises(ConfigError, match=r"extends 'loop.yaml' makes a cycle"):
+        load_params(loop)
+    missing = base.parent / "missing.yaml"
+    missing.write_text("extends: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match=r"extends 'nowhere.yaml', which does not exist"):
+        load_params(missing)
