@@ -83,6 +83,7 @@ class PruningConfig:
     gate_init: str = "importance"  # Fisher importance per weight (Kwon et al. 2022), or "cofi"
     importance_batches: int = 8
     importance_spread: float = 2.0  # log_alpha = spread x standardised log importance per weight
+    distill_from_teacher: bool = False  # P, P+A: the distillation loss (distill.*) from the FT teacher, as CoFi
 
 
 @dataclasses.dataclass
@@ -298,7 +299,8 @@ def _check_settings(cfg: StudyConfig) -> None:
     _check_number("measure.threads", m.threads, 1, integer=True)
     _check_type("measure.country_iso_code", m.country_iso_code, str, "a 3-letter ISO country code such as 'DNK'")
     for name, value in (("online", cfg.online), ("training.group_by_length", t.group_by_length),
-                        ("pruning.prune_hidden", p.prune_hidden), ("distill.layer_distill", d.layer_distill),
+                        ("pruning.prune_hidden", p.prune_hidden), ("pruning.distill_from_teacher", p.distill_from_teacher),
+                        ("distill.layer_distill", d.layer_distill),
                         ("distill.cache_teacher_logits", d.cache_teacher_logits), ("measure.speed", m.speed),
                         ("measure.energy", m.energy), ("measure.flops", m.flops)):
         _check_type(name, value, bool, "true or false")

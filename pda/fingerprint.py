@@ -105,13 +105,14 @@ def run_settings(cfg: RunConfig) -> dict[str, Any]:
     change to ``pruning`` never remakes the FT teacher (nor ``distill`` an adapter run).
 
     ``adapters`` is read by adapter scenarios and by ``base`` (its linear probe trains at the adapter
-    learning rate); ``pruning`` by P scenarios; ``distill`` by D scenarios (``pda.pipeline.build_model``).
+    learning rate); ``pruning`` by P scenarios; ``distill`` by D scenarios, and by P ones that distil from the teacher
+    (``pda.pipeline.uses_teacher_loss``).
     """
     out = settings(cfg.study)
     flags = cfg.flags
     if not flags["prune"]:
         out.pop("pruning")
-    if not flags["distill"]:
+    if not (flags["distill"] or (flags["prune"] and cfg.study.pruning.distill_from_teacher)):
         out.pop("distill")
     if not (flags["adapters"] or cfg.scenario == "base"):
         out.pop("adapters")
