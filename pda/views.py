@@ -117,6 +117,13 @@ def record_table(record: RunRecord) -> Table:
          None if None in energy else sum(energy), WATT_HOURS),
         ("training steps", record.train_steps, integer),
     ]
+    tracking = (record.pruning or {}).get("tracking") or {}
+    if tracking:
+        rows += [("pruning controller", f"{record.pruning.get('controller')}, {record.pruning.get('gate_init')} start",
+                  str),
+                 ("max |ŝ − t|, last quarter of pruning (percentage points)", tracking.get("max_abs_gap_last_quarter"),
+                  percent_of_one()),
+                 ("max ŝ − target over pruning (percentage points)", tracking.get("max_over_target"), percent_of_one())]
     return Table(pd.DataFrame({"measure": [name for name, _, _ in rows], "value": [fmt(v) for _, v, fmt in rows]}))
 
 

@@ -478,3 +478,22 @@ def test_html_table_aligns_words_left_numbers_right_escapes_and_links() -> None:
     assert '<td style="text-align: right">76.92 (n=1)</td>' in html and '<td style="text-align: right">—</td>' in html
     assert '<a href="runs/a&lt;b/notebook.html">a&lt;b</a>' in html and "x &amp; y" in html and ">n/a</td>" in html
     assert "<th></th>" not in html and "<th>0</th>" not in html  # no index column
+
+
+def test_tracking_table_flags_a_run_that_strays_from_its_target():
+    from pda.analysis.tracking import tracking_frame
+    from pda.records import RunRecord
+
+    def pruned(rid, gap, over):
+        return RunRecord(run_id=rid, task="mrpc", scenario="P", prune=True, distill=False, adapters=False,
+                         sparsity=0.6, seed=0, model="m", pruning={
+                             "controller": "projection", "gate_init": "importance", "achieved_vs_input": 0.6004,
+                             "tracking": {"steps": 100, "max_abs_gap_last_quarter": gap, "max_over_target": over}})
+
+    unpruned = RunRecord(run_id="mrpc-FT-seed0", task="mrpc", scenario="FT", prune=False, distill=False,
+                         adapters=False, sparsity=None, seed=0, model="m")
+    table = tracking_frame([pruned("on", 0.0, 0.0), pruned("lags", 0.2, 0.0), pruned("overshoots", 0.01, 0.3),
+                            unpruned])
+    assert list(table["run"]) == ["on", "lags", "overshoots"]
+    assert list(table["tracks its target"]) == ["yes", "no", "no"]
+    assert list(table["max ŝ − target (pp)"]) == ["+0.0", "+0.0", "+30.0"]

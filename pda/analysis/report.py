@@ -10,6 +10,7 @@ from pda.analysis.carbon import carbon_statement
 from pda.analysis.claims import claims
 from pda.analysis.frame import aggregate, records_frame
 from pda.analysis.recommendations import recommendations
+from pda.analysis.tracking import BAND, CEILING, tracking_frame
 from pda.analysis.tables import accuracy_table, efficiency_table, markdown_table, recommendation_table
 from pda.records import atomic_write_text, read_all_records
 
@@ -57,6 +58,16 @@ def write_report(records_dir: Path, out_path: Path, figures: Sequence[Path] = ()
                 f"## Recommendations when up to {loose_tolerance:g} points of the main metric may be traded", "",
                 "The same rules with a looser tolerance: what each priority buys when some accuracy can be spent.",
                 "", markdown_table(recommendation_table(recommendations(agg, loose_tolerance))), "",
+            ]
+        tracking = tracking_frame(records)
+        if not tracking.empty:
+            parts += [
+                "## Does pruning follow its target?", "",
+                f"Per pruned run: the largest gap between expected sparsity ŝ and the warmed-up target t over the last "
+                f"quarter of the pruning steps (must be ≤ {100 * BAND:g} points) and the largest excess of ŝ over the "
+                f"final target (must be ≤ {100 * CEILING:g} points); 'exported' is the sparsity of the structure "
+                "actually cut out, against the model that was pruned.", "",
+                markdown_table(tracking), "",
             ]
         parts += [
             "## Claims of the seed paper checked on these data", "",
