@@ -235,10 +235,12 @@ class Checkpointer:
         return self.latest is not None and self.latest["phase"] == phase and self.latest["step"] == step
 
     def notes(self) -> list[str]:
-        """For the run record: each restart, from which phase and step."""
-        return [f"resumed from a checkpoint at {r['phase']} step {r['step']}/{r['total_steps']} (saved {r['saved_at']}); "
-                "train_time_s counts training up to each checkpoint, energy only the last attempt"
-                for r in self.resumes]
+        """For the run record: each restart, from which phase and step, and what that means for its numbers."""
+        if not self.resumes:
+            return []
+        return [f"resumed from a checkpoint at {r['phase']} step {r['step']}/{r['total_steps']} (saved {r['saved_at']})"
+                for r in self.resumes] + ["train_time_s adds up the training of every attempt up to its last "
+                                          "checkpoint; energy.train covers only the last attempt"]
 
     def load_model(self) -> torch.nn.Module:
         """The resumed checkpoint's model, rebuilt in its saved shape (pruned, adapted); CPU, eval mode."""
@@ -299,7 +301,7 @@ class Checkpointer:
         return self.enabled and self.clock() - self._last_save >= self.every_s
 
     def save(self, phase: str, state: LoopState, final: bool = False) -> None:
-        """Write a checkpoint of ``state`` (without optimisers when ``final``: the phase is over) and make it current."""
+        """Write a checkpoint of ``state`` and make it current; ``final`` (the phase is over): no optimisers."""
         if not self.enabled:
             return
         name = f"{phase}-{state.step:08d}-{uuid.uuid4().hex[:8]}"
@@ -313,7 +315,8 @@ class Checkpointer:
             "trainable": _trainable(state.model),
             "optimizer": _optional(state.optimizer, final), "scheduler": _optional(state.scheduler, final),
             "scaler": _optional(state.scaler, final),
-            "ext_optimizers": None if final or not state.ext_optimizers else [o.state_dict() for o in state.ext_optimizers],
+            "ext_optimizers": None if final or not state.ext_optimizers else [
+                opt.state_dict() for opt in state.ext_optimizers],
             "extensions": [_extension_state(ext) for ext in state.extensions],
             "history": dataclasses.asdict(state.history),
             "position": state.cursor.position(),
@@ -328,8 +331,12 @@ class Checkpointer:
             raise
         atomic_write_text(self.directory / LATEST, json.dumps({"checkpoint": name}) + "\n")
         for entry in self.directory.iterdir():  # the previous checkpoint, and leftovers of a killed save
-            if entry.name not in (name, LATEST):
-                shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+            if entry.name in (name, LATEST):
+                continue
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
         self.latest, self.resume_point = {**meta, "name": name}, None
         self._last_save = self.clock()
 

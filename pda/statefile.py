@@ -3,8 +3,8 @@
 ``flatten`` replaces every tensor in a nest of dicts, lists, tuples and scalars by a reference
 ``{"__tensor__": name}`` and returns the tensors separately; ``unflatten`` puts them back. Tuples
 and dicts whose keys are not plain strings (an optimiser's ``state`` is keyed by parameter index)
-are tagged so they come back as they were. ``save``/``load`` write the pair as ``NAME.safetensors``
-+ ``NAME.json``: nothing is ever unpickled.
+are tagged so they come back as they were. ``save``/``load`` write and read the pair
+``NAME.safetensors`` + ``NAME.json``: nothing is ever unpickled.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from pda.records import atomic_write_text
 TENSOR, TUPLE, ITEMS = "__tensor__", "__tuple__", "__items__"  # markers in the skeleton
 
 
-def flatten(value: Any, tensors: dict[str, torch.Tensor] | None = None, path: str = "") -> tuple[Any, dict[str, torch.Tensor]]:
+def flatten(value: Any, tensors: dict[str, torch.Tensor] | None = None,
+            path: str = "") -> tuple[Any, dict[str, torch.Tensor]]:
     """``(skeleton, tensors)``: ``value`` with each tensor replaced by a numbered reference into ``tensors``
     (on the CPU); ``path`` only names where an unstorable value sits."""
     tensors = {} if tensors is None else tensors
@@ -40,7 +41,8 @@ def flatten(value: Any, tensors: dict[str, torch.Tensor] | None = None, path: st
             return dict(items), tensors
         for key, _ in items:
             if not isinstance(key, (str, int)) or isinstance(key, bool):
-                raise TypeError(f"cannot store a dict key {key!r} of type {type(key).__name__}; keys must be str or int")
+                raise TypeError(f"cannot store the dict key {key!r} at {path or 'the top'} "
+                                f"({type(key).__name__}); keys must be str or int")
         return {ITEMS: [[k, v] for k, v in items]}, tensors
     if value is None or isinstance(value, (bool, int, float, str)):
         return value, tensors
@@ -64,18 +66,13 @@ def unflatten(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 
 def save(value: Any, directory: Path, name: str, meta: dict[str, Any] | None = None) -> None:
-    """Write ``value`` as ``directory/name.safetensors`` (tensors) and ``directory/name.json`` (the rest + ``meta``).
-
-    Each file is complete when it appears (temp file + rename); a checkpoint made of several files
-    is made atomic by its caller (``pda.resume``) by writing them into a fresh directory.
-    """
+    """Write ``value`` as ``directory/name.safetensors`` (tensors) and ``directory/name.json`` (the rest + ``meta``),
+    both flushed to disk. Write into a fresh directory and rename it to make the pair atomic (``pda.resume``)."""
     directory = Path(directory)
     skeleton, tensors = flatten(value)
-    tmp = directory / f".{name}.safetensors.tmp"
-    save_file(tensors, tmp)
-    with open(tmp, "rb") as handle:
+    save_file(tensors, directory / f"{name}.safetensors")
+    with open(directory / f"{name}.safetensors", "rb") as handle:
         os.fsync(handle.fileno())
-    os.replace(tmp, directory / f"{name}.safetensors")
     text = json.dumps({**(meta or {}), "tree": skeleton}, indent=1, allow_nan=True)
     atomic_write_text(directory / f"{name}.json", text + "\n")
 

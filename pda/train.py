@@ -177,7 +177,7 @@ def fit(
     state = LoopState(model, DataCursor(loader), history, total, tuple(extensions), optimizer,
                       ext_optimizers, scheduler, scaler)
     if checkpoints is not None:
-        checkpoints.restore(state)  # nothing to restore: step 0
+        checkpoints.restore(state)  # where an earlier attempt of this phase stopped, if it left a checkpoint
     time_before, start = history.train_time_s, time.perf_counter()
     bar = Progress(total, desc)  # a widget in Jupyter, one final line in executed notebooks
     if state.step:
