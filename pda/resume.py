@@ -33,6 +33,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from pda import checkpoint, statefile
+from pda.fingerprint import differences
 from pda.records import atomic_write_text
 
 CHECKPOINT_DIR = "checkpoint"  # in the run directory; removed when the run's record lands
@@ -201,8 +202,6 @@ class Checkpointer:
             if meta.get("format") != FORMAT:
                 why = f"checkpoint format {meta.get('format')!r}, this pda writes {FORMAT}"
             else:
-                from pda.fingerprint import differences
-
                 why = differences(meta.get("inputs"), self.fingerprint["inputs"])
             self.remove()
             return (f"checkpoint {self.directory} was made from other inputs ({why}): discarded, "
