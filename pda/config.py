@@ -135,6 +135,8 @@ class StudyConfig:
     device: str = "auto"
     precision: str = "auto"  # bf16 autocast where the hardware does bf16, else fp32 (pda.precision)
     torch_threads: int | None = dataclasses.field(default=None, metadata=NOT_FINGERPRINTED)
+    # Minutes between in-run checkpoints (pda.resume); 0: none. Where a run executes, not what it computes.
+    checkpoint_every_minutes: float = dataclasses.field(default=10.0, metadata=NOT_FINGERPRINTED)
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
     adapters: AdapterConfig = dataclasses.field(default_factory=AdapterConfig)
     pruning: PruningConfig = dataclasses.field(default_factory=PruningConfig)
@@ -255,6 +257,7 @@ def _check_settings(cfg: StudyConfig) -> None:
         if value is not None:
             _check_number(name, value, 1, integer=True)
     _check_number("max_seq_length", cfg.max_seq_length, 8, 4096, high_inclusive=True, integer=True)
+    _check_number("checkpoint_every_minutes", cfg.checkpoint_every_minutes, 0.0)
     _check_number("data_seed", cfg.data_seed, 0, integer=True)
     t, a, p, d, m = cfg.training, cfg.adapters, cfg.pruning, cfg.distill, cfg.measure
     # 0 epochs would write the record of an untrained model that later runs take as their teacher.

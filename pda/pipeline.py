@@ -17,7 +17,7 @@ import datasets
 import torch
 import transformers
 
-from pda import checkpoint, distill, fingerprint, measure
+from pda import checkpoint, distill, fingerprint, measure, resume
 from pda.config import RunConfig, for_run
 from pda.data import load_split, locate_task, subsample, tokenize
 from pda.metrics import predictions_from_logits, task_metrics
@@ -87,6 +87,12 @@ class TrainableModule:
 
     def extra_loss(self, step: int, total_steps: int) -> tuple[torch.Tensor, dict[str, float]]:
         return torch.zeros((), device=next(self.module.parameters()).device), {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"module": self.module.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.module.load_state_dict(state["module"])
 
 
 def distill_loss(model: torch.nn.Module, teacher: torch.nn.Module, data: TaskData, cfg: RunConfig,
@@ -220,6 +226,10 @@ def run(cfg: RunConfig, with_dependencies: bool = False) -> RunRecord:
     spec = run_spec(cfg)
     out = run_dir(study, spec.run_id)
     out.mkdir(parents=True, exist_ok=True)
+    checkpoints = resume.Checkpointer(out / resume.CHECKPOINT_DIR, run_fingerprint, study.checkpoint_every_minutes)
+    opened = checkpoints.open()  # an earlier attempt's checkpoint of this run, if its inputs were the same
+    if opened:
+        print(opened)
     tokenizer = load_tokenizer(study.model)
     data = prepare_data(cfg, tokenizer)
     t = study.training
@@ -228,7 +238,7 @@ def run(cfg: RunConfig, with_dependencies: bool = False) -> RunRecord:
     loss_fn, extensions = (distill_loss(model, teacher, data, cfg, device, precision) if teacher is not None
                            else (task_loss(data.task.is_regression), ()))
     loader = make_loader(data.train, tokenizer, t.batch_size, True, cfg.seed, t.group_by_length)
-    eval_fn = lambda: evaluate(model, data, t.eval_batch_size, device, precision)  # noqa: E731
+    eval_fn = lambda m: evaluate(m, data, t.eval_batch_size, device, precision)  # noqa: E731
     common = dict(device=device, precision=precision, weight_decay=t.weight_decay,
                   warmup_ratio=t.warmup_ratio, max_grad_norm=t.max_grad_norm,
                   evaluate=eval_fn, eval_every_steps=t.eval_every_steps, log_every_steps=t.log_every_steps,
@@ -238,10 +248,10 @@ def run(cfg: RunConfig, with_dependencies: bool = False) -> RunRecord:
     with (energy_cm(out, study.measure.country_iso_code, "train") if energy_cm else nullcontext()) as train_energy:
         if cfg.flags["prune"]:
             from pda.prune_run import prune_and_export
-            model, history, record_extra = prune_and_export(model, loader, cfg, lr, loss_fn, common)
+            model, history, record_extra = prune_and_export(model, loader, cfg, lr, loss_fn, common, checkpoints)
         else:
             history = fit(model, loader, epochs=t.epochs, learning_rate=lr, loss_fn=loss_fn,
-                          desc=f"{spec.run_id}", **common)
+                          desc=f"{spec.run_id}", checkpoints=checkpoints.phase(resume.TRAIN), **common)
     model.eval()
     with (energy_cm(out, study.measure.country_iso_code, "inference") if energy_cm else nullcontext()) as inf_energy:
         start = time.perf_counter()
@@ -267,9 +277,10 @@ def run(cfg: RunConfig, with_dependencies: bool = False) -> RunRecord:
         energy={"train": train_energy.to_dict() if train_energy else None,
                 "inference": inf_energy.to_dict() if inf_energy else None},
         environment=environment_info(device, study.precision, precision), fingerprint=run_fingerprint,
-        **sizes, **record_extra,
+        notes=checkpoints.notes(), **sizes, **record_extra,
     )
     write_record(record, out)
+    checkpoints.remove()  # the record has landed: nothing left to resume
     return record
 
 

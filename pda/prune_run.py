@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from typing import Any
 
 import torch
@@ -13,7 +13,8 @@ from pda.precision import autocast
 from pda.pruning import L0Pruner, attach_gates, export_pruned, structure_sparsity, target_at
 from pda.pruning.control import project_
 from pda.pruning.importance import fisher_importance, init_gates_from_importance
-from pda.train import History, LossFn, fit
+from pda.resume import FINETUNE, PRUNE, Checkpointer, DataCursor, LoopState
+from pda.train import History, LossFn, fit, total_steps
 
 
 class PruningExtension:
@@ -48,6 +49,14 @@ class PruningExtension:
         if self.controller == "projection":
             project_(self.pruner, target_at(steps_done, self.pruner.target_sparsity, self.pruner.warmup_steps))
 
+    def state_dict(self) -> dict[str, Any]:
+        """Gates (log_alpha, shared offset), multipliers and the trace so far, for a checkpoint."""
+        return {"pruner": self.pruner.state_dict(), "trace": [list(row) for row in self.trace]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.pruner.load_state_dict(state["pruner"])
+        self.trace = [(int(step), s, t) for step, s, t in state["trace"]]
+
 
 def tracking_summary(trace: list[tuple[int, float, float]], target: float) -> dict[str, Any]:
     """How closely s followed t: the largest |s - t| over the last quarter of the steps, and max(s) - target."""
@@ -68,48 +77,76 @@ def _tag(history: History, phase: str, offset: int = 0) -> list[dict[str, float]
 
 
 def prune_and_export(model: torch.nn.Module, loader: DataLoader, cfg: RunConfig, lr: float, loss_fn: LossFn,
-                     common: dict[str, Any]) -> tuple[torch.nn.Module, History, dict[str, Any]]:
+                     common: dict[str, Any], checkpoints: Checkpointer | None = None,
+                     ) -> tuple[torch.nn.Module, History, dict[str, Any]]:
     """CoFi on ``model``: gates + constraint for ``pruning.epochs``, export to a dense model, then fine-tune it.
 
     The target sparsity applies to the model handed in (the FT teacher for P, the distilled
     student for P+D); the run record also states the sparsity against the uncompressed model.
+    With ``checkpoints``, both phases resume from a checkpoint, and the exported model is saved
+    (with what pruning produced for the record) before the fine-tune starts; a run that had got
+    that far resumes from it and never sees the unpruned ``model``.
     """
     p = cfg.study.pruning
+    device = common["device"]
+    common = dict(common)
+    others = tuple(common.pop("extensions", ()))  # e.g. the layer-distillation map, trained in both phases
+    if checkpoints is not None and checkpoints.resume_phase == FINETUNE:  # pruned and exported before the kill
+        model = checkpoints.load_model().to(device)
+        gated, outcome = History(**checkpoints.carry["prune_history"]), checkpoints.carry["outcome"]
+    else:
+        gated, outcome = _prune_phase(model, loader, cfg, lr, loss_fn, common, others, checkpoints)
+        if checkpoints is not None:  # the fine-tune's step 0: the exported model, data position, RNG
+            checkpoints.carry = {"prune_history": dataclasses.asdict(gated), "outcome": outcome}
+            checkpoints.save(FINETUNE, LoopState(model, DataCursor(loader), History(),
+                                                     total_steps(loader, p.finetune_epochs), others))
+    if cfg.flags["adapters"]:
+        from pda import adapters as pda_adapters
+
+        pda_adapters.freeze_for_adapters(model)  # export may create fresh layers that would train otherwise
+    tuned = fit(model, loader, epochs=p.finetune_epochs, learning_rate=lr, loss_fn=loss_fn, extensions=others,
+                desc=f"fine-tune pruned {cfg.task} {cfg.scenario}",
+                checkpoints=checkpoints.phase(FINETUNE) if checkpoints is not None else None, **common)
+    history = History(steps=gated.steps + tuned.steps, train_time_s=gated.train_time_s + tuned.train_time_s,
+                      log=_tag(gated, "prune") + _tag(tuned, "finetune", gated.steps), evals=gated.evals + tuned.evals)
+    outcome["pruning"]["finetune_steps"] = tuned.steps
+    return model, history, outcome
+
+
+def _prune_phase(model: torch.nn.Module, loader: DataLoader, cfg: RunConfig, lr: float, loss_fn: LossFn,
+                 common: dict[str, Any], others: tuple, checkpoints: Checkpointer | None,
+                 ) -> tuple[History, dict[str, Any]]:
+    """Gates and the sparsity constraint on ``model``, then the export (in place); the phase's history
+    and what it produced for the record (``structure``, ``pruning``)."""
+    p = cfg.study.pruning
     device, precision = common["device"], common.get("precision", "fp32")
-    steps = max(1, math.ceil(len(loader) * p.epochs))
+    steps = total_steps(loader, p.epochs)
     pruner = L0Pruner(model.config, cfg.sparsity, warmup_steps=int(p.sparsity_warmup_ratio * steps),
                       droprate_init=p.droprate_init, prune_hidden=p.prune_hidden)
     pruner.to(device)  # the training device, whatever device the model arrived on
-    if p.gate_init == "importance":
+    resuming = checkpoints is not None and checkpoints.resume_phase == PRUNE  # the gates come from the checkpoint
+    if p.gate_init == "importance" and not resuming:
         scores = fisher_importance(model, pruner, loader, loss_fn, p.importance_batches,
                                    autocast=lambda: autocast(precision, device))
         init_gates_from_importance(pruner, scores, p.importance_spread)
     if p.controller == "projection":
         project_(pruner, target_at(0, pruner.target_sparsity, pruner.warmup_steps))
     extension = PruningExtension(pruner, p.gate_learning_rate, p.lagrangian_learning_rate, p.controller)
-    common = dict(common)
-    others = tuple(common.pop("extensions", ()))  # e.g. the layer-distillation map
     with attach_gates(model, pruner):
         gated = fit(model, loader, epochs=p.epochs, learning_rate=lr, loss_fn=loss_fn,
-                    extensions=(extension, *others), desc=f"prune {cfg.task} {cfg.scenario} {cfg.sparsity}", **common)
+                    extensions=(extension, *others), desc=f"prune {cfg.task} {cfg.scenario} {cfg.sparsity}",
+                    checkpoints=checkpoints.phase(PRUNE, save_at_end=False) if checkpoints is not None else None,
+                    **common)
         expected = float(pruner.expected_sparsity().detach())
         gates = pruner.deterministic_gates()
     structure = export_pruned(model, gates)
-    if cfg.flags["adapters"]:
-        from pda import adapters as pda_adapters
-
-        pda_adapters.freeze_for_adapters(model)  # export may create fresh layers that would train otherwise
-    tuned = fit(model, loader, epochs=p.finetune_epochs, learning_rate=lr, loss_fn=loss_fn, extensions=others,
-                desc=f"fine-tune pruned {cfg.task} {cfg.scenario}", **common)
-    history = History(steps=gated.steps + tuned.steps, train_time_s=gated.train_time_s + tuned.train_time_s,
-                      log=_tag(gated, "prune") + _tag(tuned, "finetune", gated.steps), evals=gated.evals + tuned.evals)
     pruning = {
         "target": cfg.sparsity, "expected_sparsity_at_end": round(expected, 6),
         "achieved_vs_input": round(structure_sparsity(structure), 6),
-        "prune_steps": gated.steps, "finetune_steps": tuned.steps,
+        "prune_steps": gated.steps,
         "controller": p.controller, "gate_init": p.gate_init,
         "tracking": tracking_summary(extension.trace, cfg.sparsity),
         "trace": [[step, round(s, 5), round(t, 5)] for step, s, t in extension.trace],
         "counts": "encoder weights of Q, K, V, O and FFN in/out (CoFi's convention, no biases/LayerNorm)",
     }
-    return model, history, {"structure": structure, "pruning": pruning}
+    return gated, {"structure": structure, "pruning": pruning}

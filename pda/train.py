@@ -17,6 +17,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from pda.precision import autocast, autocast_dtype
 from pda.progress import Progress
+from pda.resume import DataCursor, LoopState, Phase
 
 Batch = dict[str, torch.Tensor]
 LossFn = Callable[[torch.nn.Module, Batch], tuple[torch.Tensor, dict[str, float]]]
@@ -30,6 +31,8 @@ class LoopExtension(Protocol):
     def extra_loss(self, step: int, total_steps: int) -> tuple[torch.Tensor, dict[str, float]]: ...
 
     # Optional: ``after_step(steps_done, total_steps)``, called after every optimiser step.
+    # With checkpoints (pda.resume): ``state_dict()`` and ``load_state_dict(state)`` for whatever the
+    # extension holds besides its optimiser (gates, multipliers, a trace), as tensors and JSON values.
 
 
 @dataclasses.dataclass
@@ -116,6 +119,11 @@ def predict(model: torch.nn.Module, loader: Iterable[Batch], device: torch.devic
     return torch.cat(logits).numpy(), torch.cat(labels).numpy()
 
 
+def total_steps(loader: DataLoader, epochs: float) -> int:
+    """Optimiser steps of ``epochs`` over ``loader``: a fractional epoch rounds up to a whole batch."""
+    return max(1, math.ceil(len(loader) * epochs)) if epochs > 0 else 0
+
+
 def fit(
     model: torch.nn.Module,
     loader: DataLoader,
@@ -129,23 +137,26 @@ def fit(
     warmup_ratio: float = 0.0,
     max_grad_norm: float = 1.0,
     extensions: tuple[LoopExtension, ...] = (),
-    evaluate: Callable[[], dict[str, float]] | None = None,
+    evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None,
     eval_every_steps: int = 0,
     log_every_steps: int = 10,
     desc: str = "train",
+    checkpoints: Phase | None = None,
 ) -> History:
     """Train ``model`` for ``epochs`` (fractions allowed) with AdamW and linear decay.
 
     Only parameters with ``requires_grad`` train, so freezing (adapters) is decided by the
     caller. Extensions add parameter groups and a loss term per step (pruning adds gates
-    trained by descent and Lagrange multipliers trained by ascent).
+    trained by descent and Lagrange multipliers trained by ascent). With ``checkpoints``
+    (``pda.resume``) the loop starts from a saved state of this phase if there is one, and saves
+    its state when one is due and at the end; the numbers are the same either way.
     """
     history = History()
     if epochs > 0 and len(loader) == 0:  # else the loop below would wait forever for a first batch
         raise ValueError("the training set is empty: no batch to train on; check the task's train.tsv "
                          "and max_train_samples")
-    total_steps = max(1, math.ceil(len(loader) * epochs)) if epochs > 0 else 0
-    if total_steps == 0:
+    total = total_steps(loader, epochs)
+    if total == 0:
         return history
     model.to(device).train()
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -160,44 +171,52 @@ def fit(
             group = dict(group)
             maximize = group.pop("maximize", False)
             ext_optimizers.append(torch.optim.AdamW([group], weight_decay=0.0, maximize=maximize))
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * total_steps), total_steps)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * total), total)
     amp_dtype = autocast_dtype(precision)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    start = time.perf_counter()
-    step = 0
-    bar = Progress(total_steps, desc)  # a widget in Jupyter, one final line in executed notebooks
-    while step < total_steps:
-        for batch in loader:
-            if step >= total_steps:
-                break
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                loss, logs = loss_fn(model, batch)
-                for ext in extensions:
-                    extra, ext_logs = ext.extra_loss(step, total_steps)
-                    loss = loss + extra
-                    logs.update(ext_logs)
-            optimizer.zero_grad(set_to_none=True)
-            for opt in ext_optimizers:
-                opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
-            scaler.step(optimizer)
-            for opt in ext_optimizers:
-                scaler.step(opt)
-            scaler.update()
-            scheduler.step()
-            step += 1
-            for ext in extensions:  # e.g. the projection controller re-centres the gates for the next step
-                if hasattr(ext, "after_step"):
-                    ext.after_step(step, total_steps)
-            bar.update(1)
-            if step % log_every_steps == 0 or step == total_steps:
-                history.log.append({"step": step, "loss": float(loss.detach()), **logs})
-                bar.set_postfix(loss=f"{float(loss.detach()):.3f}", refresh=False)
-            if evaluate is not None and eval_every_steps and step % eval_every_steps == 0 and step < total_steps:
-                history.evals.append({"step": step, **evaluate()})
+    state = LoopState(model, DataCursor(loader), history, total, tuple(extensions), optimizer,
+                      ext_optimizers, scheduler, scaler)
+    if checkpoints is not None:
+        checkpoints.restore(state)  # where an earlier attempt of this phase stopped, if it left a checkpoint
+    time_before, start = history.train_time_s, time.perf_counter()
+    bar = Progress(total, desc)  # a widget in Jupyter, one final line in executed notebooks
+    if state.step:
+        bar.update(state.step)
+    batches = iter(state.cursor)  # epoch after epoch; a restored cursor continues mid-epoch
+    while state.step < total:
+        batch, step = next(batches), state.step
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            loss, logs = loss_fn(model, batch)
+            for ext in extensions:
+                extra, ext_logs = ext.extra_loss(step, total)
+                loss = loss + extra
+                logs.update(ext_logs)
+        optimizer.zero_grad(set_to_none=True)
+        for opt in ext_optimizers:
+            opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
+        scaler.step(optimizer)
+        for opt in ext_optimizers:
+            scaler.step(opt)
+        scaler.update()
+        scheduler.step()
+        state.step = step = step + 1
+        for ext in extensions:  # e.g. the projection controller re-centres the gates for the next step
+            if hasattr(ext, "after_step"):
+                ext.after_step(step, total)
+        bar.update(1)
+        if step % log_every_steps == 0 or step == total:
+            history.log.append({"step": step, "loss": float(loss.detach()), **logs})
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", refresh=False)
+        if evaluate is not None and eval_every_steps and step % eval_every_steps == 0 and step < total:
+            history.evals.append({"step": step, **evaluate(model)})
+        history.steps, history.train_time_s = step, time_before + time.perf_counter() - start
+        if checkpoints is not None:
+            checkpoints.step_done(state)
     bar.close()
-    history.steps = step
-    history.train_time_s = time.perf_counter() - start
+    history.steps, history.train_time_s = state.step, time_before + time.perf_counter() - start
+    if checkpoints is not None:
+        checkpoints.end(state)
     return history

@@ -206,12 +206,13 @@ def test_a_notebook_run_on_its_own_remakes_a_stale_dependency(make_params, monke
 # --------------------------------------------------------------------------- what the fingerprint covers
 
 
-def test_fingerprint_ignores_grid_paths_names_and_threads(make_params, tmp_path, glue_dir):
+def test_fingerprint_ignores_grid_paths_names_threads_and_checkpoint_interval(make_params, tmp_path, glue_dir):
     base = load_params(make_params(**GRID))
     copy = tmp_path / "copy"
     shutil.copytree(glue_dir / "MRPC", copy / "MRPC")
     same = load_params(make_params(**{**GRID, "seeds": [0, 1, 2], "tasks": ["mrpc"], "scenarios": ["P+D"],
                                       "sparsities": [0.6, 0.9], "torch_threads": 2, "study_name": "other",
+                                      "checkpoint_every_minutes": 0.5,
                                       "output_dir": str(tmp_path / "elsewhere"), "data_dir": str(copy),
                                       "measure": {**GRID["measure"], "threads": 2},
                                       "training": {"epochs": 1.0, "batch_size": 16, "learning_rate": 5e-5,

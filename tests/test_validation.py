@@ -151,6 +151,8 @@ def test_a_hub_task_is_reported_unchecked_not_pretended_checked(tmp_path, monkey
         ({"training": {"learning_rate": 0}}, r"^training.learning_rate=0 is outside the valid range \(0.0, 1.0\)"),
         ({"training": {"log_every_steps": 0}}, r"^training.log_every_steps=0 is outside"),
         ({"max_seq_length": -5}, r"^max_seq_length=-5 is outside the valid range \[8, 4096\]$"),
+        ({"checkpoint_every_minutes": -1}, r"^checkpoint_every_minutes=-1 is outside the valid range \[0.0, inf\)$"),
+        ({"checkpoint_every_minutes": "10m"}, r"^checkpoint_every_minutes must be a number, got '10m'$"),
         ({"tasks": "mrpc"}, r"^tasks must be a list \(e.g. \['mrpc'\]\), got 'mrpc'$"),
         ({"measure": {"speed": "yes"}}, r"^measure.speed must be true or false, got 'yes'$"),
         ({"distill": {"student_layers": [1, -1]}}, r"^distill.student_layers\[\]=-1 is outside"),
