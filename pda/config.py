@@ -26,6 +26,9 @@ SCENARIOS: dict[str, dict[str, bool]] = {
     "P+D+A": {"prune": True, "distill": True, "adapters": True, "finetune": True},
 }
 EMBEDDED_MODEL = "embedded"
+# Where a model's speed is measured (pda.backends): torch eager fp32 / bf16 autocast, ONNX Runtime fp32 / INT8.
+BACKENDS = ("eager_fp32", "eager_bf16", "ort_fp32", "ort_int8")
+QUANTIZE_OPS = ("MatMul", "Gather")  # ONNX Runtime dynamic INT8: linear layers, embedding tables
 
 
 @dataclasses.dataclass
@@ -80,7 +83,13 @@ class DistillConfig:
 
 @dataclasses.dataclass
 class MeasureConfig:
-    """Speed and energy measurement protocol."""
+    """Speed and energy measurement protocol.
+
+    ``backends``: where speed is measured, each against the uncompressed model on the same backend
+    (``eager_fp32`` is always one: the record's ``speed`` comes from it; ``eager_bf16`` is skipped, with
+    a note, on hardware without native bf16). ``quantize``: also record the ONNX Runtime dynamic-INT8
+    variant (dev metric, bytes, speed), quantising ``quantize_ops`` per tensor or ``quantize_per_channel``.
+    """
 
     speed: bool = True
     batch_sizes: list[int] = dataclasses.field(default_factory=lambda: [1, 32])
@@ -91,6 +100,10 @@ class MeasureConfig:
     energy: bool = True
     country_iso_code: str = "DNK"
     flops: bool = True
+    backends: list[str] = dataclasses.field(default_factory=lambda: list(BACKENDS))
+    quantize: bool = True
+    quantize_per_channel: bool = False
+    quantize_ops: list[str] = dataclasses.field(default_factory=lambda: list(QUANTIZE_OPS))
 
 
 @dataclasses.dataclass
@@ -222,6 +235,7 @@ def validate(cfg: StudyConfig) -> StudyConfig:
     _check_number("pruning.finetune_epochs", cfg.pruning.finetune_epochs, 0.0)
     _check_number("pruning.sparsity_warmup_ratio", cfg.pruning.sparsity_warmup_ratio, 0.0, 1.0,
                   high_inclusive=True)
+    validate_measure(cfg.measure)
     for key in cfg.overrides:
         groups = {"GLUE low", "GLUE high"}
         if key not in groups and key.lower() not in TASKS:
@@ -240,6 +254,34 @@ def validate(cfg: StudyConfig) -> StudyConfig:
         raise ConfigError(f"model {cfg.model!r} is not a local path; use 'embedded', a local "
                           "directory, or set online: true to load it from the hub")
     return cfg
+
+
+def validate_measure(m: MeasureConfig, where: str = "measure.") -> None:
+    """Speed and quantisation settings: known backends, each once, eager_fp32 among them; known INT8 ops."""
+    if not isinstance(m.backends, list) or not m.backends:
+        raise ConfigError(f"{where}backends={m.backends!r} must be a non-empty list; valid: {list(BACKENDS)}")
+    bad = [b for b in m.backends if b not in BACKENDS]
+    if bad:
+        raise ConfigError(f"{where}backends has unknown backend(s) {bad}; valid: {list(BACKENDS)}")
+    if len(set(m.backends)) != len(m.backends):
+        raise ConfigError(f"{where}backends={m.backends!r} lists a backend twice; list each once")
+    if "eager_fp32" not in m.backends:
+        raise ConfigError(f"{where}backends={m.backends!r} must include 'eager_fp32': every record's speed field "
+                          "and every other backend's comparison come from it")
+    for name in ("speed", "quantize", "quantize_per_channel", "flops", "energy"):
+        if not isinstance(getattr(m, name), bool):
+            raise ConfigError(f"{where}{name}={getattr(m, name)!r} must be true or false")
+    if not isinstance(m.quantize_ops, list) or not m.quantize_ops or any(o not in QUANTIZE_OPS for o in m.quantize_ops):
+        raise ConfigError(f"{where}quantize_ops={m.quantize_ops!r} must be a non-empty list of {list(QUANTIZE_OPS)} "
+                          "(MatMul: linear layers, Gather: embedding tables)")
+    if not isinstance(m.batch_sizes, list) or not m.batch_sizes:
+        raise ConfigError(f"{where}batch_sizes={m.batch_sizes!r} must be a non-empty list of whole numbers >= 1")
+    for bs in m.batch_sizes:
+        _check_number(f"{where}batch_sizes", bs, 1, integer=True)
+    _check_number(f"{where}seq_len", m.seq_len, 1, integer=True)
+    _check_number(f"{where}warmup", m.warmup, 0, integer=True)
+    _check_number(f"{where}rounds", m.rounds, 1, integer=True)
+    _check_number(f"{where}threads", m.threads, 1, integer=True)
 
 
 def load_params(path: str | Path, **changes: Any) -> StudyConfig:
@@ -285,6 +327,7 @@ def for_run(cfg: StudyConfig, task: str, scenario: str, sparsity: float | None, 
         if match:
             base = _deep_merge(base, match)
     run_study = _build(StudyConfig, base, "")
+    validate_measure(run_study.measure, f"measure (for {spec.name}).")
     if SCENARIOS[scenario]["prune"]:
         sparsity = check_sparsity(sparsity)
     else:
