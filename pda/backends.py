@@ -274,7 +274,7 @@ def _cache_facts(config: Any, m: MeasureConfig) -> dict[str, Any]:
     import onnxruntime
 
     arch = {k: v for k, v in config.to_dict().items() if not k.startswith("_") and k not in (
-        "transformers_version", "id2label", "label2id", "architectures", "auto_map")}
+        "transformers_version", "id2label", "label2id", "architectures", "auto_map")} | {"num_labels": config.num_labels}
     source = Path(export.__file__).with_name("modeling_pda_bert.py").read_bytes()
     return {"version": CACHE_VERSION, "architecture": arch, "opset": export.OPSET,
             "quantize": {"per_channel": m.quantize_per_channel, "ops": list(m.quantize_ops)},

@@ -241,6 +241,9 @@ def validate(cfg: StudyConfig) -> StudyConfig:
         if key not in groups and key.lower() not in TASKS:
             raise ConfigError(f"overrides key {key!r} is neither a task {sorted(TASKS)} nor a group {sorted(groups)}")
         _build(StudyConfig, cfg.overrides[key], f"overrides[{key}].")  # typos inside overrides too
+        merged = _deep_merge({k: v for k, v in dataclasses.asdict(cfg).items() if k != "overrides"},
+                             cfg.overrides[key])
+        validate_measure(_build(StudyConfig, merged, "").measure, f"overrides[{key}].measure.")
     if cfg.data_dir and not Path(cfg.data_dir).expanduser().is_dir():
         raise ConfigError(f"data_dir {str(cfg.data_dir)!r} does not exist; point it at a glue_data/-style "
                           "folder (TASK/train.tsv, TASK/dev.tsv), or leave it null to use PDA_GLUE_DIR, "

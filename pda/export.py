@@ -274,7 +274,9 @@ def model_card(record: Mapping[str, Any], info: Mapping[str, Any], custom_code: 
         for label, key in (("ONNX fp32", "metrics_onnx_fp32"), ("ONNX INT8", "metrics_onnx_int8")):
             lines.append(f"| {label} (this export) | "
                          + " | ".join(f"{dev[key].get(k, float('nan')):.2f}" for k in sorted(r["metrics"])) + " |")
-        lines += ["", f"Export rows: {dev['rows']}, max length {dev['max_seq_length']}. Metrics in percent."]
+        rows = ", ".join(f"{split} {n} rows" for split, n in dev["rows"].items())
+        lines += ["", f"In percent. This export measured the full dev split ({rows}, truncated to "
+                  f"{dev['max_seq_length']} tokens); the run measured its own dev rows."]
     params, teacher = r.get("params") or {}, r.get("teacher_params") or {}
     lines += ["", "## Size", "", "| | this model | uncompressed |", "|---|---|---|"]
     for key in ("total", "encoder"):
@@ -333,7 +335,8 @@ def _speed_lines(r: Mapping[str, Any]) -> list[str]:
         return ["Not measured in this run."]
     flops = r.get("flops") or {}
     bound = f" The FLOP reduction, the bound for a speed-up, is {flops['reduction_bound']:.2f}x." if flops else ""
-    return ["| backend | batch | latency ms | uncompressed ms | speed-up |", "|---|---|---|---|---|", *rows, "",
+    return ["Each backend against the uncompressed model on that same backend (eager: torch; ort: ONNX Runtime).", "",
+            "| backend | batch | latency ms | uncompressed ms | speed-up |", "|---|---|---|---|---|", *rows, "",
             f"Medians, measured in one process on {next(iter(backends.values())).get('device', 'the run machine')} "
             f"with {next(iter(backends.values())).get('threads', '?')} threads at length "
             f"{next(iter(backends.values())).get('seq_len', '?')}.{bound}"]
