@@ -67,8 +67,9 @@ def skeleton(config: PdaBertConfig | Any, layers: int) -> PdaBertForSequenceClas
         "hidden_kept": data["hidden_size"], "hidden_size": data["hidden_size"],
         "layers": [{"layer": i, "heads_kept": [0], "num_heads": heads, "mha_kept": True, "ffn_units_kept": 1,
                     "ffn_size": data["intermediate_size"], "ffn_kept": True} for i in range(layers)]})
-    torch.manual_seed(0)
-    return PdaBertForSequenceClassification(PdaBertConfig.from_dict(data)).eval()
+    with torch.random.fork_rng(devices=[]):  # leaves the run's random state alone
+        torch.manual_seed(0)
+        return PdaBertForSequenceClassification(PdaBertConfig.from_dict(data)).eval()
 
 
 @dataclasses.dataclass

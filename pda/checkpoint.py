@@ -83,8 +83,8 @@ def save_model(model: PreTrainedModel, out_dir: str | os.PathLike, tokenizer: An
         save_file(tensors, tmp / WEIGHTS_NAME, metadata={"format": "pt", ALIASES_KEY: json.dumps(aliases)})
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        _fsync_files(tmp)
-        _replace_dir(tmp, out_dir)
+        fsync_files(tmp)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -241,14 +241,15 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _fsync_files(directory: Path) -> None:
+def fsync_files(directory: Path) -> None:
+    """Flush every file under ``directory`` to disk (before it is renamed into place)."""
     for path in directory.rglob("*"):
         if path.is_file():
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
 
 
-def _replace_dir(src: Path, dst: Path) -> None:
+def replace_dir(src: Path, dst: Path) -> None:
     """Move ``src`` to ``dst``; an existing ``dst`` is moved aside first and deleted last."""
     if not dst.exists():
         os.replace(src, dst)

@@ -237,8 +237,8 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
         (tmp / "export.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         (tmp / "README.md").write_text(model_card(record.to_dict(), info, custom_code=_needs_code(tmp)),
                                        encoding="utf-8")
-        checkpoint._fsync_files(tmp)
-        _replace_dir(tmp, out_dir)
+        checkpoint.fsync_files(tmp)
+        checkpoint.replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -277,6 +277,13 @@ def model_card(record: Mapping[str, Any], info: Mapping[str, Any], custom_code: 
         rows = ", ".join(f"{split} {n} rows" for split, n in dev["rows"].items())
         lines += ["", f"In percent. This export measured the full dev split ({rows}, truncated to "
                   f"{dev['max_seq_length']} tokens); the run measured its own dev rows."]
+    q = r.get("quantized")
+    if q and q.get("main_metric_value") is not None:
+        speed = (q.get("speed") or {}).get("by_batch", {})
+        gains = ", ".join(f"{row['speedup']:.2f}x at batch {bs}" for bs, row in speed.items() if "speedup" in row)
+        lines += ["", f"Its ONNX Runtime INT8 variant scored {q['main_metric_value']:.2f} {r['main_metric']} in the run, "
+                  f"in {q['bytes_on_disk']:,} bytes" + (f", {gains} over the uncompressed model in eager fp32." if gains
+                                                        else ".")]
     params, teacher = r.get("params") or {}, r.get("teacher_params") or {}
     lines += ["", "## Size", "", "| | this model | uncompressed |", "|---|---|---|"]
     for key in ("total", "encoder"):
@@ -377,9 +384,3 @@ def _quiet_root_logger() -> Iterator[None]:
         yield
     finally:
         logging.disable(previous)
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    from pda.checkpoint import _replace_dir as replace
-
-    replace(src, dst)

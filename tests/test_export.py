@@ -88,7 +88,9 @@ def run_dir(tmp_path_factory) -> Path:
                        teacher_params={"total": 2, "encoder": 2}, teacher_bytes_on_disk=90_000_000,
                        sparsity_achieved={"encoder": 0.8, "total": 0.5},
                        backends={"ort_int8": {"device": "cpu", "threads": 2, "seq_len": 128, "by_batch": by_batch}},
-                       flops={"reduction_bound": 5.0})
+                       flops={"reduction_bound": 5.0},
+                       quantized={"main_metric_value": 80.1, "bytes_on_disk": 12_345_678,
+                                  "speed": {"by_batch": {"32": {"speedup": 7.5}}}})
     write_record(record, root)
     return root
 
@@ -132,7 +134,8 @@ def test_model_card_says_what_the_model_is_scores_weighs_gains_and_how_to_load_i
     info = json.loads((exported / "export.json").read_text())
     for needle in ("MRPC", "P+D+A", "CoFi pruning", "Houlsby adapters", "distilled", "| the run (torch) | 68.40 | 81.20 |",
                    "ONNX INT8 (this export)", f"{info['bytes']['onnx_int8']:,}", "| ort_int8 | 1 | 2.00 | 9.00 | 4.50x |",
-                   "5.00x", "trust_remote_code=True", "onnxruntime", export.INT8_FILE):
+                   "5.00x", "trust_remote_code=True", "onnxruntime", export.INT8_FILE,
+                   "INT8 variant scored 80.10 f1 in the run, in 12,345,678 bytes, 7.50x at batch 32"):
         assert needle in card, needle
 
 
