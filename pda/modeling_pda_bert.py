@@ -168,15 +168,19 @@ class SublayerOutput(nn.Module):
 
 
 class ConstantSublayer(nn.Module):
-    """A removed MHA or FFN block: ``LayerNorm(x + const)``, no matmul (``const`` folds bias and adapter)."""
+    """A removed MHA or FFN block: ``LayerNorm(x + const)``, no matmul (``const`` folds bias and adapter).
+
+    After ``fold_constants`` the constant lives in the LayerNorm before it and this is a bare LayerNorm.
+    """
 
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.register_buffer("const", torch.zeros(config.hidden_size))
+        self.folded = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(x + self.const)
+        return self.LayerNorm(x) if self.folded else self.LayerNorm(x + self.const)
 
 
 class SelfAttention(nn.Module):
@@ -192,11 +196,11 @@ class SelfAttention(nn.Module):
         self.dropout_p = config.attention_probs_dropout_prob
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        b, n, _ = x.shape
+        b, n = mask.shape[0], mask.shape[-1]
         split = lambda t: t.view(b, n, self.heads, self.head_dim).transpose(1, 2)  # noqa: E731
         ctx = F.scaled_dot_product_attention(split(self.query(x)), split(self.key(x)), split(self.value(x)),
                                              attn_mask=mask, dropout_p=self.dropout_p if self.training else 0.0)
-        return ctx.transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
+        return ctx.transpose(1, 2).reshape(b * n, self.heads * self.head_dim)
 
 
 class Attention(nn.Module):
@@ -282,6 +286,7 @@ class Pooler(nn.Module):
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: (batch, length, hidden); the first token of each sequence."""
         return torch.tanh(self.dense(x[:, 0]))
 
 
@@ -296,6 +301,32 @@ class PdaBertModel(nn.Module):
 
     def _prune_heads(self, heads_to_prune: dict[int, list[int]]) -> None:
         """Nothing to do: ``layer_plan`` already built each layer with ``config.pruned_heads`` removed."""
+
+
+def fold_constants(model: "PdaBertForSequenceClassification") -> int:
+    """Add each removed block's constant into the bias of the LayerNorm whose output is the block's
+    input, leaving the block a bare LayerNorm; returns how many were folded.
+
+    ``LN(LN_prev(u) + c) == LN(LN_prev'(u))`` with ``LN_prev'.bias = LN_prev.bias + c``, since the removed
+    block's input has no other use. Logits are unchanged; the hidden states between the two are not,
+    so this is for inference graphs (the ONNX export), on a copy.
+    """
+    folded = 0
+    previous: nn.LayerNorm | None = model.bert.embeddings.LayerNorm
+    with torch.no_grad():
+        for layer in model.bert.encoder.layer:
+            for sub in (layer.attention.output, layer.output):
+                if isinstance(sub, ConstantSublayer):
+                    if previous is not None and not sub.folded:
+                        previous.bias.add_(sub.const)
+                        sub.const.zero_()
+                        sub.folded = True
+                        folded += 1
+                    previous = sub.LayerNorm
+                else:  # ends with its LayerNorm unless an adapter moved it
+                    ends_with_ln = sub.options is None or sub.options.get("original_ln_after", True)
+                    previous = sub.LayerNorm if ends_with_ln else None
+    return folded
 
 
 class PdaBertForSequenceClassification(PreTrainedModel):
@@ -357,15 +388,17 @@ class PdaBertForSequenceClassification(PreTrainedModel):
             attention_mask = torch.ones_like(input_ids)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
+        b, n = input_ids.shape
         x = self.bert.embeddings(input_ids, token_type_ids, position_ids)
         keep = attention_mask[:, None, None, :].to(x.dtype)
         mask = (1.0 - keep) * torch.finfo(x.dtype).min  # additive: 0 to attend, most negative to mask
         hidden = [x] if output_hidden_states else None
+        x = x.reshape(b * n, -1)  # tokens as rows: every linear is one 2-D GEMM with its bias fused
         for layer in self.bert.encoder.layer:
             x = layer(x, mask)
             if hidden is not None:
-                hidden.append(x)
-        logits = self.classifier(self.dropout(self.bert.pooler(x)))
+                hidden.append(x.view(b, n, -1))
+        logits = self.classifier(self.dropout(self.bert.pooler(x.view(b, n, -1))))
         loss = self._loss(logits, labels) if labels is not None else None
         if return_dict is False:
             return tuple(v for v in (loss, logits, tuple(hidden) if hidden else None) if v is not None)

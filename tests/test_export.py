@@ -154,3 +154,24 @@ def test_export_command_names_a_missing_run_and_bad_numbers(tmp_path: Path, caps
     assert "--threads=0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["export", str(tmp_path), "--format", "tflite"])
+
+
+def test_removed_blocks_are_folded_into_the_layernorm_before_them(tmp_path: Path, monkeypatch) -> None:
+    """Every removed block (layers 1, 2 and twice 3 here) loses its add; logits stay exact."""
+    import copy
+
+    import onnx
+
+    from pda.modeling_pda_bert import fold_constants
+
+    deployable = deployable_model(pruned(tiny()))
+    folded = copy.deepcopy(deployable)
+    assert fold_constants(folded) == 4 and fold_constants(folded) == 0  # once only
+    batch = export.example_inputs(4, 17, 100)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(**batch).logits, deployable(**batch).logits, atol=1e-6, rtol=0)
+    adds = lambda path: sum(n.op_type == "Add" for n in onnx.load(str(path)).graph.node)  # noqa: E731
+    with_fold = adds(export.export_onnx(deployable, tmp_path / "folded.onnx"))
+    monkeypatch.setattr(export, "fold_constants", lambda model: 0)
+    assert adds(export.export_onnx(deployable, tmp_path / "plain.onnx")) - with_fold == 4
+    assert all(not m.folded for m in deployable.modules() if hasattr(m, "folded"))  # the export used a copy
