@@ -87,8 +87,10 @@ class MeasureConfig:
 
     ``backends``: where speed is measured, each against the uncompressed model on the same backend
     (``eager_fp32`` is always one: the record's ``speed`` comes from it; ``eager_bf16`` is skipped, with
-    a note, on hardware without native bf16). ``quantize``: also record the ONNX Runtime dynamic-INT8
-    variant (dev metric, bytes, speed), quantising ``quantize_ops`` per tensor or ``quantize_per_channel``.
+    a note, on hardware without native bf16); ``backend_rounds``: timed rounds for the backends other
+    than ``eager_fp32`` (None: ``rounds``), to trade their precision for time. ``quantize``: also record
+    the ONNX Runtime dynamic-INT8 variant (dev metric, bytes, speed), quantising ``quantize_ops`` per
+    tensor or ``quantize_per_channel``.
     """
 
     speed: bool = True
@@ -101,6 +103,7 @@ class MeasureConfig:
     country_iso_code: str = "DNK"
     flops: bool = True
     backends: list[str] = dataclasses.field(default_factory=lambda: list(BACKENDS))
+    backend_rounds: int | None = None
     quantize: bool = True
     quantize_per_channel: bool = False
     quantize_ops: list[str] = dataclasses.field(default_factory=lambda: list(QUANTIZE_OPS))
@@ -284,6 +287,8 @@ def validate_measure(m: MeasureConfig, where: str = "measure.") -> None:
     _check_number(f"{where}seq_len", m.seq_len, 1, integer=True)
     _check_number(f"{where}warmup", m.warmup, 0, integer=True)
     _check_number(f"{where}rounds", m.rounds, 1, integer=True)
+    if m.backend_rounds is not None:
+        _check_number(f"{where}backend_rounds", m.backend_rounds, 1, integer=True)
     _check_number(f"{where}threads", m.threads, 1, integer=True)
 
 
