@@ -133,7 +133,6 @@ def measure_deployment(
     (the caller removes it); ``cache_dir`` keeps the reference's. ``evaluate(session)`` gives the
     INT8 model's dev metrics.
     """
-    clock = time.perf_counter
     spent: dict[str, float] = {}
     notes: list[str] = []
     device = next(model.parameters()).device
@@ -141,42 +140,75 @@ def measure_deployment(
     if "eager_bf16" in wanted and (why := bf16_unsupported(device)):
         wanted.remove("eager_bf16")
         notes.append(f"eager_bf16 not measured: {why}")
-    need_onnx = m.quantize or any(b in ORT_BACKENDS for b in wanted)
-    sessions: dict[str, Any] = {}
-    out: dict[str, Any] = {"backends": {}, "quantized": None, "speed": None}
-    max_diff = None
-    if need_onnx:
-        start = clock()
-        cpu_model = model if device.type == "cpu" else copy.deepcopy(model).cpu()
-        ref = reference_onnx(reference if device.type == "cpu" else copy.deepcopy(reference).cpu(),
-                             cache_dir, m, m.threads)
-        model_file = export.export_onnx(cpu_model, work_dir / export.ONNX_FILE)
-        spent["export_s"] = clock() - start
-        start = clock()
-        int8_file = export.quantize_int8(model_file, work_dir / export.INT8_FILE, m.quantize_per_channel,
-                                         op_types=m.quantize_ops)
-        spent["quantize_s"] = clock() - start
-        start = clock()
-        fp32 = export.ort_session(model_file, m.threads)
-        max_diff = export.check_onnx(fp32, cpu_model)  # an inexact export is an error, whatever is timed
-        sessions["ort_fp32"] = {"model": fp32}
-        sessions["ort_int8"] = {"model": export.ort_session(int8_file, m.threads)}
-        for backend, suffix in (("ort_fp32", ""), ("ort_int8", "_int8")):
-            if backend in wanted:
-                sessions[backend].update({n: export.ort_session(ref.files[n + suffix], m.threads)
-                                          for n in ("reference", *SKELETONS)})
-        spent["sessions_s"] = clock() - start
-        if ref.created:
-            notes.append("reference ONNX files exported into the cache by this run (its export time counts here)")
-    benches: dict[str, dict[str, Any]] = {}
+    onnx = None
+    if m.quantize or any(b in ORT_BACKENDS for b in wanted):
+        onnx = _onnx_sessions(model, reference, m, wanted, work_dir, cache_dir, spent, notes)
+    start = time.perf_counter()
+    benches = _benchmarks(model, reference, m, wanted, onnx["sessions"] if onnx else {})
+    spent["benchmark_s"] = time.perf_counter() - start
+    eager_teacher = benches.get("eager_fp32")
+    out: dict[str, Any] = {"backends": {b: backend_record(bench, b, eager_teacher) for b, bench in benches.items()},
+                           "quantized": None, "speed": None}
+    if "ort_fp32" in out["backends"]:
+        out["backends"]["ort_fp32"]["max_abs_logit_diff"] = onnx["max_diff"]
+    if eager_teacher is not None:
+        out["speed"] = speed_record(eager_teacher, "model", "teacher")
+    if m.quantize:
+        start = time.perf_counter()
+        metrics = evaluate(onnx["sessions"]["ort_int8"]["model"]) if evaluate is not None else {}
+        spent["evaluate_s"] = time.perf_counter() - start
+        out["quantized"] = quantized_record(m, metrics, main_metric, onnx["int8_file"].stat().st_size,
+                                            benches.get("ort_int8"), eager_teacher, benches.get("ort_fp32"))
+    spent["total_s"] = sum(spent.values())
+    out["deploy_time_s"] = {k: round(v, 3) for k, v in spent.items()}
+    out["notes"] = notes
+    return out
+
+
+def _onnx_sessions(model: PdaBertForSequenceClassification, reference: PdaBertForSequenceClassification,
+                   m: MeasureConfig, wanted: list[str], work_dir: Path, cache_dir: Path, spent: dict[str, float],
+                   notes: list[str]) -> dict[str, Any]:
+    """Export, check and quantise the model; ONNX Runtime sessions for it and, per ORT backend timed,
+    for the cached reference and skeletons. An inexact export is an error whatever is timed."""
+    clock = time.perf_counter
     start = clock()
+    cpu = lambda module: module if module.device.type == "cpu" else copy.deepcopy(module).cpu()  # noqa: E731
+    model, reference = cpu(model), cpu(reference)
+    ref = reference_onnx(reference, cache_dir, m, m.threads)
+    if ref.created:
+        notes.append("reference ONNX files exported into the cache by this run (its export time counts here)")
+    model_file = export.export_onnx(model, work_dir / export.ONNX_FILE)
+    spent["export_s"] = clock() - start
+    start = clock()
+    int8_file = export.quantize_int8(model_file, work_dir / export.INT8_FILE, m.quantize_per_channel,
+                                     op_types=m.quantize_ops)
+    spent["quantize_s"] = clock() - start
+    start = clock()
+    fp32 = export.ort_session(model_file, m.threads)
+    max_diff = export.check_onnx(fp32, model)
+    sessions = {"ort_fp32": {"model": fp32}, "ort_int8": {"model": export.ort_session(int8_file, m.threads)}}
+    for backend, suffix in (("ort_fp32", ""), ("ort_int8", "_int8")):
+        if backend in wanted:
+            sessions[backend].update({n: export.ort_session(ref.files[n + suffix], m.threads)
+                                      for n in ("reference", *SKELETONS)})
+    spent["sessions_s"] = clock() - start
+    return {"sessions": sessions, "int8_file": int8_file, "max_diff": max_diff}
+
+
+def _benchmarks(model: PdaBertForSequenceClassification, reference: PdaBertForSequenceClassification,
+                m: MeasureConfig, wanted: list[str], sessions: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """One ``benchmark_latency`` per backend, in its own rounds: model, reference and both skeletons."""
+    if not wanted:
+        return {}
+    device = next(model.parameters()).device
     eager = {"model": model, "teacher": reference, "floor": skeleton(reference.config, 0).to(device),
              "layer": skeleton(reference.config, 1).to(device)}
+    vocab = reference.config.vocab_size
+    benches = {}
     for backend in wanted:
         rounds = m.rounds if backend == "eager_fp32" or m.backend_rounds is None else m.backend_rounds
         if backend in ORT_BACKENDS:
             s = sessions[backend]
-            vocab = reference.config.vocab_size
             runners = {"model": export.OrtRunner(s["model"], vocab), "teacher": export.OrtRunner(s["reference"], vocab),
                        **{n: export.OrtRunner(s[n], vocab) for n in SKELETONS}}
             benches[backend] = measure.benchmark_latency(runners, tuple(m.batch_sizes), m.seq_len, m.warmup,
@@ -185,24 +217,7 @@ def measure_deployment(
             dtype = torch.bfloat16 if backend == "eager_bf16" else None
             benches[backend] = measure.benchmark_latency(eager, tuple(m.batch_sizes), m.seq_len, m.warmup, rounds,
                                                          m.threads, autocast_dtype=dtype)
-    spent["benchmark_s"] = clock() - start
-    eager_teacher = benches.get("eager_fp32")
-    for backend, bench in benches.items():
-        out["backends"][backend] = backend_record(bench, backend, eager_teacher)
-    if max_diff is not None and "ort_fp32" in out["backends"]:
-        out["backends"]["ort_fp32"]["max_abs_logit_diff"] = max_diff
-    if "eager_fp32" in benches:
-        out["speed"] = speed_record(benches["eager_fp32"], "model", "teacher")
-    if m.quantize:
-        start = clock()
-        metrics = evaluate(sessions["ort_int8"]["model"]) if evaluate is not None else {}
-        spent["evaluate_s"] = clock() - start
-        out["quantized"] = quantized_record(m, metrics, main_metric, int8_file.stat().st_size,
-                                            benches.get("ort_int8"), eager_teacher, benches.get("ort_fp32"))
-    spent["total_s"] = sum(spent.values())
-    out["deploy_time_s"] = {k: round(v, 3) for k, v in spent.items()}
-    out["notes"] = notes
-    return out
+    return benches
 
 
 def speed_record(bench: Mapping[str, Any], model: str, reference: str) -> dict[str, Any]:
