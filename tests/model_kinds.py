@@ -100,11 +100,19 @@ def student(model: nn.Module) -> nn.Module:
     return make_student(model, [0, 2, 3]).eval()
 
 
+def _per_layer_houlsby() -> object:
+    """Houlsby adapters left out of layer 1, with a wider bottleneck in layer 0 than elsewhere."""
+    import adapters
+
+    return adapters.DoubleSeqBnConfig(leave_out=[1], reduction_factor={"0": 4, "default": 8})
+
+
 # name -> (builder, whether stock BERT can represent the saved model)
 KINDS: dict[str, tuple[Callable[[], nn.Module], bool]] = {
     "FT": (tiny, True),
     "A": (lambda: with_adapters(tiny()), False),
     "A-pfeiffer": (lambda: with_adapters(tiny(), "seq_bn"), False),
+    "A-per-layer": (lambda: with_adapters(tiny(), _per_layer_houlsby()), False),
     "D": (lambda: student(tiny()), True),
     "D+A": (lambda: with_adapters(student(tiny()), via_pda=True), False),
     "P": (lambda: pruned(tiny()), False),
