@@ -95,8 +95,10 @@ def saved_config(config: PretrainedConfig,
     """The ``config.json`` content for state dict ``state``, whether it needs the modeling file, and
     the weight names and shapes the class that will load it expects.
 
-    Stock when a stock model built from ``config`` has exactly these weights; otherwise ``pda-bert``
-    (BERT only), checked the same way against ``PdaBertForSequenceClassification``. A second name
+    Stock when a stock model built from ``config`` has exactly these weights; otherwise ``pda-bert``,
+    checked the same way against ``PdaBertForSequenceClassification``. Another family (e.g. RoBERTa)
+    has no self-contained file: it gets ``model_type`` ``pda-<type>``, so stock loaders refuse it and
+    ``load_model`` loads it. A second name
     for a shared tensor (e.g. the ``adapters`` library's alias of the word embeddings) may be absent
     from the class; every other weight must match by name and shape.
     """
@@ -110,15 +112,19 @@ def saved_config(config: PretrainedConfig,
     if not _misfit(expected, state):
         return stock, False, expected
     base_type = stock["model_type"]
-    if base_type != "bert":
-        raise ValueError(f"a {base_type!r} model with pruned blocks, uneven layers or adapters cannot be saved so "
-                         "that it loads without pda; only BERT (model_type 'bert') models can")
+    if base_type != "bert":  # no self-contained file for it: loads with pda only, never with stock loaders
+        return {**stock, "model_type": f"pda-{base_type}", BASE_TYPE_KEY: base_type}, False, _shapes(tensors_of(state))
     custom = {**stock, "model_type": MODEL_TYPE, BASE_TYPE_KEY: base_type, "auto_map": dict(AUTO_MAP),
               "architectures": [PdaBertForSequenceClassification.__name__], "pruned_heads": {}}
     expected = _shapes(_custom_model_on_meta(custom))
     if problem := _misfit(expected, state):
         raise ValueError(f"{MODELING_FILE} cannot rebuild this model: {problem}")
     return custom, True, expected
+
+
+def tensors_of(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors ``save_model`` stores for ``state``: each shared tensor once."""
+    return _split_aliases(state)[0]
 
 
 def _misfit(expected: dict[str, tuple[int, ...]], state: dict[str, torch.Tensor]) -> str:
@@ -140,6 +146,9 @@ def deployable_model(model: PreTrainedModel) -> PdaBertForSequenceClassification
     """
     state = model.state_dict()
     config_dict, _, _ = saved_config(model.config, state)
+    if config_dict.get(BASE_TYPE_KEY, config_dict["model_type"]) != "bert":
+        raise ValueError(f"{MODELING_FILE} rebuilds BERT models only, not model_type "
+                         f"{config_dict.get(BASE_TYPE_KEY, config_dict['model_type'])!r}")
     if config_dict["model_type"] != MODEL_TYPE:  # a stock BERT: the file builds it as well
         config_dict = {**config_dict, "model_type": MODEL_TYPE}
     deployable = _custom_model_on_meta(config_dict)

@@ -214,3 +214,23 @@ def test_an_older_pruned_checkpoint_without_the_modeling_file_still_loads_with_p
     b = batches()[1]
     with torch.no_grad():
         torch.testing.assert_close(load_model(tmp_path / "m")(**b).logits, model(**b).logits, atol=ATOL, rtol=0)
+
+
+def test_another_family_that_stock_cannot_represent_loads_with_pda_and_never_silently_wrong(tmp_path: Path) -> None:
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    torch.manual_seed(0)
+    model = with_adapters(RobertaForSequenceClassification(RobertaConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=100,
+        max_position_embeddings=48, num_labels=2)).eval())
+    save_model(model, tmp_path / "r")
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["model_type"] == "pda-roberta" and "auto_map" not in config
+    assert not (tmp_path / "r" / MODELING_FILE).exists()
+    b = batches()[1]
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(tmp_path / "r")(**b).logits, model(**b).logits, atol=ATOL, rtol=0)
+    with pytest.raises(ValueError, match="pda-roberta"):
+        AutoModelForSequenceClassification.from_pretrained(tmp_path / "r")
+    with pytest.raises(ValueError, match="BERT models only"):
+        deployable_model(model)
