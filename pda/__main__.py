@@ -1,4 +1,4 @@
-"""Command line: ``python -m pda study PARAMS.yaml`` runs a study; ``plan`` shows it without running."""
+"""Command line: ``study`` runs a parameter file, ``plan`` shows it without running, ``export`` ships a run's model."""
 
 from __future__ import annotations
 
@@ -30,6 +30,16 @@ def main(argv: list[str] | None = None) -> int:
     plan.add_argument("--measure", action="store_true", help="time a few training steps of the model here")
     plan.add_argument("--overhead-seconds", type=float, default=None, help="per-run overhead, given")
     plan.add_argument("--runs", action="store_true", help="also list every run")
+    export = sub.add_parser("export", help="export a finished run's model: ONNX (exact), optional INT8, model card")
+    export.add_argument("run_dir", type=Path, help="a run directory (with result.json and model/)")
+    export.add_argument("--format", choices=["onnx"], default="onnx", help="export format (default onnx)")
+    export.add_argument("--int8", action="store_true",
+                        help="also ONNX Runtime dynamic INT8, with its dev metrics re-measured")
+    export.add_argument("--out", type=Path, default=None, help="output directory (default RUN_DIR/export)")
+    export.add_argument("--data-dir", type=Path, default=None,
+                        help="GLUE folder for --int8's dev metrics (default: PDA_GLUE_DIR, then data/glue)")
+    export.add_argument("--max-seq-length", type=int, default=128, help="tokenizer truncation for dev metrics")
+    export.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: torch's)")
     args = parser.parse_args(argv)
     try:
         if args.command == "study":
@@ -46,10 +56,33 @@ def main(argv: list[str] | None = None) -> int:
 
             print(make_plan(args.params, args.workers, args.step_seconds, args.measure, args.overhead_seconds,
                             args.runs))
+        if args.command == "export":
+            return export_command(args)
     except ConfigError as exc:
         for line in str(exc).splitlines() or [type(exc).__name__]:  # one fault per line, e.g. several bad rows
             print(f"error: {line}", file=sys.stderr)
         return 2
+    return 0
+
+
+def export_command(args: argparse.Namespace) -> int:
+    """``python -m pda export``: a missing run, model or data folder is a one-line error, not a traceback."""
+    from pda.export import export_run
+    from pda.pipeline import configure_environment
+
+    configure_environment(online=False)
+    for name in ("max_seq_length", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            print(f"error: --{name.replace('_', '-')}={value} must be a whole number >= 1", file=sys.stderr)
+            return 2
+    try:
+        out = export_run(args.run_dir, args.out, int8=args.int8, data_dir=args.data_dir,
+                         max_seq_length=args.max_seq_length, threads=args.threads)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"exported to {out}")
     return 0
 
 

@@ -41,6 +41,9 @@ PER_TASK_ONLY = ("scenarios", "sparsities", "seeds", "model", "online", "data_di
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # see pda.precision
 CONTROLLERS = ("projection", "lagrangian")  # see pda.pruning.control
 GATE_INITS = ("importance", "cofi")  # see pda.pruning.importance
+# Where a model's speed is measured (pda.backends): torch eager fp32 / bf16 autocast, ONNX Runtime fp32 / INT8.
+BACKENDS = ("eager_fp32", "eager_bf16", "ort_fp32", "ort_int8")
+QUANTIZE_OPS = ("MatMul", "Gather")  # ONNX Runtime dynamic INT8: linear layers, embedding tables
 
 
 @dataclasses.dataclass
@@ -100,7 +103,15 @@ class DistillConfig:
 
 @dataclasses.dataclass
 class MeasureConfig:
-    """Speed and energy measurement protocol."""
+    """Speed and energy measurement protocol.
+
+    ``backends``: where speed is measured, each against the uncompressed model on the same backend
+    (``eager_fp32`` is always one: the record's ``speed`` comes from it; ``eager_bf16`` is skipped, with
+    a note, on hardware without native bf16); ``backend_rounds``: timed rounds for the backends other
+    than ``eager_fp32`` (None: ``rounds``), to trade their precision for time. ``quantize``: also record
+    the ONNX Runtime dynamic-INT8 variant (dev metric, bytes, speed), quantising ``quantize_ops`` per
+    tensor or ``quantize_per_channel``.
+    """
 
     speed: bool = True
     batch_sizes: list[int] = dataclasses.field(default_factory=lambda: [1, 32])
@@ -111,6 +122,11 @@ class MeasureConfig:
     energy: bool = True
     country_iso_code: str = "DNK"
     flops: bool = True
+    backends: list[str] = dataclasses.field(default_factory=lambda: list(BACKENDS))
+    backend_rounds: int | None = None
+    quantize: bool = True
+    quantize_per_channel: bool = False
+    quantize_ops: list[str] = dataclasses.field(default_factory=lambda: list(QUANTIZE_OPS))
 
 
 @dataclasses.dataclass
@@ -307,6 +323,7 @@ def _check_settings(cfg: StudyConfig) -> None:
                         ("distill.cache_teacher_logits", d.cache_teacher_logits), ("measure.speed", m.speed),
                         ("measure.energy", m.energy), ("measure.flops", m.flops)):
         _check_type(name, value, bool, "true or false")
+    validate_measure(m)  # backends and the INT8 variant
     if cfg.data_dir and not Path(cfg.data_dir).expanduser().is_dir():
         raise ConfigError(f"data_dir {str(cfg.data_dir)!r} does not exist; point it at a glue_data/-style "
                           "folder (TASK/train.tsv, TASK/dev.tsv), or leave it null to use PDA_GLUE_DIR, "
@@ -370,6 +387,36 @@ def validate(cfg: StudyConfig) -> StudyConfig:
     if report.problems:
         raise ConfigError("\n".join(report.problems))
     return cfg
+
+
+def validate_measure(m: MeasureConfig, where: str = "measure.") -> None:
+    """Speed and quantisation settings: known backends, each once, eager_fp32 among them; known INT8 ops."""
+    if not isinstance(m.backends, list) or not m.backends:
+        raise ConfigError(f"{where}backends={m.backends!r} must be a non-empty list; valid: {list(BACKENDS)}")
+    bad = [b for b in m.backends if b not in BACKENDS]
+    if bad:
+        raise ConfigError(f"{where}backends has unknown backend(s) {bad}; valid: {list(BACKENDS)}")
+    if len(set(m.backends)) != len(m.backends):
+        raise ConfigError(f"{where}backends={m.backends!r} lists a backend twice; list each once")
+    if "eager_fp32" not in m.backends:
+        raise ConfigError(f"{where}backends={m.backends!r} must include 'eager_fp32': every record's speed field "
+                          "and every other backend's comparison come from it")
+    for name in ("speed", "quantize", "quantize_per_channel", "flops", "energy"):
+        if not isinstance(getattr(m, name), bool):
+            raise ConfigError(f"{where}{name}={getattr(m, name)!r} must be true or false")
+    if not isinstance(m.quantize_ops, list) or not m.quantize_ops or any(o not in QUANTIZE_OPS for o in m.quantize_ops):
+        raise ConfigError(f"{where}quantize_ops={m.quantize_ops!r} must be a non-empty list of {list(QUANTIZE_OPS)} "
+                          "(MatMul: linear layers, Gather: embedding tables)")
+    if not isinstance(m.batch_sizes, list) or not m.batch_sizes:
+        raise ConfigError(f"{where}batch_sizes={m.batch_sizes!r} must be a non-empty list of whole numbers >= 1")
+    for bs in m.batch_sizes:
+        _check_number(f"{where}batch_sizes", bs, 1, integer=True)
+    _check_number(f"{where}seq_len", m.seq_len, 1, integer=True)
+    _check_number(f"{where}warmup", m.warmup, 0, integer=True)
+    _check_number(f"{where}rounds", m.rounds, 1, integer=True)
+    if m.backend_rounds is not None:
+        _check_number(f"{where}backend_rounds", m.backend_rounds, 1, integer=True)
+    _check_number(f"{where}threads", m.threads, 1, integer=True)
 
 
 def _read_yaml(path: Path) -> Any:

@@ -10,7 +10,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -137,8 +137,34 @@ def _summary(times_ms: list[float], batch_size: int) -> dict[str, Any]:
     }
 
 
+class Runner(Protocol):
+    """Anything timed like a model: called with one batch of tensors, on ``device``, for ``vocab_size`` ids.
+
+    ``benchmark_latency`` wraps ``nn.Module`` s itself; other runtimes (ONNX Runtime) implement this.
+    """
+
+    device: torch.device
+    vocab_size: int
+
+    def __call__(self, batch: Mapping[str, Tensor]) -> Any: ...
+
+
+class _ModuleRunner:
+    """An ``nn.Module`` called as ``module(**batch)``, optionally under autocast (e.g. bf16)."""
+
+    def __init__(self, module: nn.Module, autocast_dtype: torch.dtype | None = None) -> None:
+        self.module, self.autocast_dtype = module, autocast_dtype
+        self.device, self.vocab_size = _device(module), _vocab_size(module)
+
+    def __call__(self, batch: Mapping[str, Tensor]) -> Any:
+        if self.autocast_dtype is None:
+            return self.module(**batch)
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype):
+            return self.module(**batch)
+
+
 def benchmark_latency(
-    models: Mapping[str, nn.Module],
+    models: Mapping[str, nn.Module | Runner],
     batch_sizes: Sequence[int] = (1, 32),
     seq_len: int = 128,
     warmup: int = 5,
@@ -146,15 +172,18 @@ def benchmark_latency(
     threads: int = 1,
     inputs: Mapping[int, Mapping[str, Tensor]] | None = None,
     clock: Callable[[], float] = time.perf_counter,
+    autocast_dtype: torch.dtype | None = None,
 ) -> dict[str, Any]:
     """Forward latency of several models measured together, so they share conditions.
 
-    All models run in this process with ``threads`` intra-op threads (restored
-    afterwards), in eval mode under ``inference_mode``, on the same inputs:
-    ``inputs[batch_size]`` if given (e.g. real dev batches), else synthetic unpadded
-    ids of length ``seq_len``. ``warmup`` untimed calls per model and batch size come
-    first; then each of ``rounds`` rounds times one forward of every model for every
-    batch size, rotating the model order each round so drift hits all equally.
+    All models run in this process with ``threads`` intra-op torch threads (restored
+    afterwards), modules in eval mode under ``inference_mode`` (and autocast to
+    ``autocast_dtype`` if given), on the same inputs: ``inputs[batch_size]`` if given
+    (e.g. real dev batches), else synthetic unpadded ids of length ``seq_len``. A model
+    may also be a ``Runner`` (another runtime), which sets its own threads. ``warmup``
+    untimed calls per model and batch size come first; then each of ``rounds`` rounds
+    times one forward of every model for every batch size, rotating the model order
+    each round so drift hits all equally.
 
     Returns ``{"device", "threads", "seq_len", "warmup", "rounds", "inputs",
     "models": {name: {batch_size: {"latency_ms_median", "latency_ms_iqr",
@@ -165,29 +194,31 @@ def benchmark_latency(
     names = list(models)
     if not names:
         raise ValueError("no models to benchmark")
-    vocab = min(_vocab_size(m) for m in models.values())
+    modules = {n: m for n, m in models.items() if isinstance(m, nn.Module)}
+    runners = {n: _ModuleRunner(m, autocast_dtype) if n in modules else m for n, m in models.items()}
+    vocab = min(r.vocab_size for r in runners.values())
     batches = {
         name: {
-            bs: ({k: v.to(_device(m)) for k, v in inputs[bs].items()} if inputs is not None
-                 else _dummy_batch(bs, seq_len, vocab, seed=bs, device=_device(m)))
+            bs: ({k: v.to(r.device) for k, v in inputs[bs].items()} if inputs is not None
+                 else _dummy_batch(bs, seq_len, vocab, seed=bs, device=r.device))
             for bs in batch_sizes
         }
-        for name, m in models.items()
+        for name, r in runners.items()
     }
     if inputs is not None:
         seq_len = int(next(iter(inputs.values()))["input_ids"].shape[-1])
     timings: dict[str, dict[int, list[float]]] = {n: {bs: [] for bs in batch_sizes} for n in names}
-    was_training = {n: m.training for n, m in models.items()}
+    was_training = {n: m.training for n, m in modules.items()}
     prev_threads = torch.get_num_threads()
 
     def run(name: str, bs: int) -> None:
-        models[name](**batches[name][bs])
-        if _device(models[name]).type == "cuda":
+        runners[name](batches[name][bs])
+        if runners[name].device.type == "cuda":
             torch.cuda.synchronize()
 
     try:
         torch.set_num_threads(threads)
-        for m in models.values():
+        for m in modules.values():
             m.eval()
         with torch.inference_mode():
             for bs in batch_sizes:
@@ -203,12 +234,11 @@ def benchmark_latency(
                         timings[name][bs].append((clock() - start) * 1000.0)
     finally:
         torch.set_num_threads(prev_threads)
-        for n, m in models.items():
+        for n, m in modules.items():
             m.train(was_training[n])
 
-    first = _device(next(iter(models.values())))
     return {
-        "device": device_name(first),
+        "device": device_name(runners[names[0]].device),
         "threads": threads,
         "seq_len": seq_len,
         "warmup": warmup,

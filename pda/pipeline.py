@@ -17,9 +17,10 @@ import datasets
 import torch
 import transformers
 
-from pda import checkpoint, distill, fingerprint, measure, resume
+from pda import backends, checkpoint, distill, fingerprint, measure, resume
 from pda.config import RunConfig, for_run
 from pda.data import load_split, locate_task, subsample, tokenize
+from pda.export import evaluate_session
 from pda.metrics import predictions_from_logits, task_metrics
 from pda.precision import autocast, precision_info, resolve_precision
 from pda.models import load_pretrained_for_task, load_tokenizer, resolve_model_source
@@ -261,10 +262,8 @@ def run(cfg: RunConfig, with_dependencies: bool = False) -> RunRecord:
     checkpoint.save_model(model, model_dir, tokenizer=tokenizer)
     atomic_write_text(out / "history.json", json.dumps(dataclasses.asdict(history), indent=1) + "\n")
     reference = load_pretrained_for_task(study.model, data.task).to(device)  # the uncompressed architecture
-    sizes = measurements(model, reference, model_dir, study, device)
-    with tempfile.TemporaryDirectory(dir=out) as tmp:  # the reference's weights, saved the same way
-        checkpoint.save_model(reference, Path(tmp) / MODEL_DIR)
-        sizes["teacher_bytes_on_disk"] = measure.bytes_on_disk(Path(tmp) / MODEL_DIR)
+    sizes = measurements(model, reference, model_dir, study, device, data)
+    notes = sizes.pop("notes", [])
     task = data.task
     record = RunRecord(
         run_id=spec.run_id, task=cfg.task, scenario=cfg.scenario, sparsity=cfg.sparsity, seed=cfg.seed,
@@ -279,14 +278,19 @@ def run(cfg: RunConfig, with_dependencies: bool = False) -> RunRecord:
         environment=environment_info(device, study.precision, precision), fingerprint=run_fingerprint,
         notes=checkpoints.notes(), **sizes, **record_extra,
     )
+    record.notes.extend(notes)
     write_record(record, out)
     checkpoints.remove()  # the record has landed: nothing left to resume
     return record
 
 
-def measurements(model, reference, model_dir: Path, study, device) -> dict[str, Any]:
-    """Size, FLOPs and speed of the final model next to the uncompressed reference, in one process, both on
-    ``device``: a speed-up is only ever a ratio of two latencies measured on the same device."""
+def measurements(model, reference, model_dir: Path, study, device, data: TaskData | None = None) -> dict[str, Any]:
+    """Size, FLOPs, speed on every backend and the INT8 variant, next to the uncompressed reference, in one process.
+
+    Speed is measured on the deployable form of both models (what ``from_pretrained(...,
+    trust_remote_code=True)`` gives); ``speed`` is its eager fp32 backend. A model that form cannot
+    represent (not a BERT) is timed as it is, eager fp32 only, with a note.
+    """
     m = study.measure
     model.to(device)
     reference.to(device)
@@ -298,29 +302,38 @@ def measurements(model, reference, model_dir: Path, study, device) -> dict[str, 
             "encoder": round(1 - params["encoder"] / ref_params["encoder"], 6),
             "total": round(1 - params["total"] / ref_params["total"], 6),
         },
+        "notes": [],
     }
+    with tempfile.TemporaryDirectory(dir=model_dir.parent) as tmp:  # the reference's weights, saved the same way
+        checkpoint.save_model(reference, Path(tmp) / MODEL_DIR)
+        out["teacher_bytes_on_disk"] = measure.bytes_on_disk(Path(tmp) / MODEL_DIR)
     if m.flops:
         ours, theirs = measure.flops_per_example(model, m.seq_len), measure.flops_per_example(reference, m.seq_len)
         out["flops"] = {"per_example": ours, "teacher_per_example": theirs,
                         "reduction_bound": round(theirs / ours, 4), "seq_len": m.seq_len}
-    if m.speed:
-        bench = measure.benchmark_latency({"model": model, "teacher": reference}, batch_sizes=tuple(m.batch_sizes),
-                                          seq_len=m.seq_len, warmup=m.warmup, rounds=m.rounds, threads=m.threads)
-        out["speed"] = speed_record(bench, "model", "teacher")
+    if not (m.speed or m.quantize):
+        return out
+    try:
+        deployable, deployable_ref = checkpoint.deployable_model(model), checkpoint.deployable_model(reference.to(device))
+    except ValueError as err:  # not a BERT: no deployable form, so no ONNX either
+        out["notes"].append(f"backends and INT8 not measured: {err}")
+        if m.speed:
+            bench = measure.benchmark_latency({"model": model, "teacher": reference}, tuple(m.batch_sizes),
+                                              m.seq_len, m.warmup, m.rounds, m.threads)
+            out["speed"] = backends.speed_record(bench, "model", "teacher")
+        return out
+    evaluate_int8 = (lambda session: evaluate_session(session, data, study.training.eval_batch_size)) \
+        if data is not None else None
+    with tempfile.TemporaryDirectory(dir=model_dir.parent) as work:
+        deploy = backends.measure_deployment(deployable, deployable_ref, m, Path(work), onnx_cache_dir(study),
+                                             evaluate_int8, data.task.main_metric if data is not None else None)
+    if deploy["quantized"] is not None:
+        deploy["quantized"]["teacher_bytes_on_disk"] = out["teacher_bytes_on_disk"]
+    out["notes"].extend(deploy.pop("notes"))
+    out.update(deploy)
     return out
 
 
-def speed_record(bench: dict[str, Any], model: str, reference: str) -> dict[str, Any]:
-    """The run record's view of a benchmark: medians, spread and speed-up per batch size."""
-    ratios = measure.speedup(bench, model, reference)
-    by_batch = {}
-    for bs, stats in bench["models"][model].items():
-        ref = bench["models"][reference][bs]
-        by_batch[str(bs)] = {
-            "latency_ms_median": stats["latency_ms_median"], "latency_ms_iqr": stats["latency_ms_iqr"],
-            "throughput_median": stats["throughput_median"],
-            "teacher_latency_ms_median": ref["latency_ms_median"], "teacher_latency_ms_iqr": ref["latency_ms_iqr"],
-            "speedup": round(ratios[bs], 4),
-        }
-    return {"device": bench["device"], "threads": bench["threads"], "seq_len": bench["seq_len"],
-            "warmup": bench["warmup"], "rounds": bench["rounds"], "by_batch": by_batch}
+def onnx_cache_dir(study) -> Path:
+    """Where the reference's ONNX files are cached for every run of the study (see ``backends.reference_onnx``)."""
+    return Path(study.output_dir) / "cache" / "onnx"

@@ -35,7 +35,32 @@ class RunRecord:
       structure relative to the model that was pruned (the teacher for P, the student for P+D).
     - ``speed``: ``{"device", "threads", "seq_len", "rounds", "by_batch":
       {"1": {"latency_ms_median", "latency_ms_iqr", "throughput_median",
-      "teacher_latency_ms_median", "speedup"}, "32": {...}}}``.
+      "teacher_latency_ms_median", "speedup"}, "32": {...}}}``: the deployable model
+      (``from_pretrained(..., trust_remote_code=True)``) against the uncompressed one in
+      eager fp32; the same numbers as ``backends["eager_fp32"]``.
+    - ``backends``: ``{backend: {"device", "threads", "seq_len", "warmup", "rounds", "runtime",
+      "by_batch": {"1": {...}, "32": {...}}}}`` for each backend measured, of ``eager_fp32``,
+      ``eager_bf16`` (autocast; absent, with a note, on hardware without native bf16),
+      ``ort_fp32`` and ``ort_int8`` (ONNX Runtime, CPU). Each backend ran its own rounds,
+      interleaving the model with the uncompressed reference *on that same backend*; per batch
+      size: ``latency_ms_median``, ``latency_ms_iqr``, ``throughput_median`` (examples/s),
+      ``teacher_latency_ms_median``, ``teacher_latency_ms_iqr``, ``speedup`` (teacher / model,
+      same backend), ``speedup_vs_eager_fp32_teacher`` (the eager fp32 teacher / this model),
+      ``floor_latency_ms_median`` (the reference with no layers: embeddings, pooler, head and
+      call overhead, the latency no encoder pruning can go below), ``floor_speedup_bound``
+      (teacher / floor) and ``layer_overhead_ms`` (what one minimal layer, 1 head and 1 FFN unit,
+      adds to the floor: a layer's fixed cost). ``ort_fp32`` also has ``max_abs_logit_diff``
+      (ONNX vs torch over several batch sizes and lengths; the export is refused above 1e-4).
+    - ``quantized``: the INT8 variant (lever Q), ``{"method", "backend": "ort_int8",
+      "per_channel", "op_types", "metrics", "main_metric_value", "bytes_on_disk" (the INT8 ONNX
+      file), "teacher_bytes_on_disk" (the uncompressed fp32 safetensors), "speed": {"device",
+      "threads", "seq_len", "warmup", "rounds", "by_batch": {"1": {"latency_ms_median",
+      "latency_ms_iqr", "throughput_median", "teacher_latency_ms_median", "speedup",
+      "speedup_vs_ort_fp32_teacher"}}}}``. Its ``speedup`` is against the uncompressed model in
+      eager fp32, the same reference as ``speed``, so "recipe" and "recipe + Q" compare directly;
+      ``speedup_vs_ort_fp32_teacher`` leaves out what the runtime alone gains.
+    - ``deploy_time_s``: seconds the backends and the INT8 variant cost this run (``export_s``,
+      ``quantize_s``, ``sessions_s``, ``benchmark_s``, ``evaluate_s``, ``total_s``).
     - ``flops``: ``{"per_example", "teacher_per_example", "reduction_bound", "seq_len"}``.
     - ``energy``: ``{"train": {"kwh", "kg_co2eq", "duration_s", "mode", "country_iso_code"},
       "inference": {...}}`` (CodeCarbon; ``mode`` says how power was obtained).
@@ -70,6 +95,9 @@ class RunRecord:
     eval_time_s: float | None = None
     train_steps: int | None = None
     speed: dict[str, Any] | None = None
+    backends: dict[str, Any] | None = None
+    quantized: dict[str, Any] | None = None
+    deploy_time_s: dict[str, float] | None = None
     flops: dict[str, Any] | None = None
     energy: dict[str, Any] | None = None
     environment: dict[str, Any] = dataclasses.field(default_factory=dict)

@@ -15,7 +15,7 @@ from pda.runs import run_dir
 TINY = dict(max_train_samples=32, max_eval_samples=32, max_seq_length=48,
             training={"epochs": 1, "batch_size": 16, "log_every_steps": 1},
             pruning={"epochs": 1, "finetune_epochs": 1},
-            measure={"speed": False, "energy": False, "flops": False})
+            measure={"speed": False, "energy": False, "flops": False, "quantize": False})
 
 
 @pytest.fixture
@@ -88,6 +88,15 @@ def test_measured_run_records_size_speed_flops_and_energy(make_params):
     assert train["duration_s"] == pytest.approx(rec.train_time_s, abs=2.0)
     assert rec.bytes_on_disk < 0.8 * rec.teacher_bytes_on_disk  # 3 of 6 layers (the embeddings stay)
     assert rec.environment["device"] == "cpu" and rec.environment["precision"] == "fp32"
+    # every backend against the reference on the same backend; the speed field is the eager fp32 one
+    assert {"eager_fp32", "ort_fp32", "ort_int8"} <= set(rec.backends)
+    assert rec.speed["by_batch"]["4"]["speedup"] == rec.backends["eager_fp32"]["by_batch"]["4"]["speedup"]
+    assert rec.backends["ort_fp32"]["max_abs_logit_diff"] <= 1e-4
+    # the INT8 variant: its own dev metrics, a file far smaller than the fp32 model's
+    q = rec.quantized
+    assert set(q["metrics"]) == set(rec.metrics) and q["main_metric_value"] == q["metrics"][rec.main_metric]
+    assert q["bytes_on_disk"] < 0.4 * rec.bytes_on_disk and q["teacher_bytes_on_disk"] == rec.teacher_bytes_on_disk
+    assert set(q["speed"]["by_batch"]) == {"1", "4"} and rec.deploy_time_s["total_s"] > 0
 
 
 def test_layer_distillation_changes_what_the_student_learns(make_params, tmp_path):

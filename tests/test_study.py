@@ -30,7 +30,7 @@ from tests.conftest import ROOT
 
 # Small enough for a shared 2-core machine: the kernel start and imports dominate each run.
 TINY = dict(seeds=[0], torch_threads=1, max_train_samples=32, max_eval_samples=32,
-            measure={"speed": False, "energy": False, "flops": False})
+            measure={"speed": False, "energy": False, "flops": False, "quantize": False})
 
 
 def write_params(path: Path, glue: Path, **changes) -> Path:

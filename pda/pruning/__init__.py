@@ -14,7 +14,14 @@ Recipe (adapters, if any, must be added before ``attach_gates``)::
     pda.checkpoint.save_model(model, out_dir)  # load_model calls apply_structure
 """
 
-from .export import ConstantSublayer, PrunedAttention, PrunedIntermediate, apply_structure, export_pruned
+from .export import (
+    ConstantLayer,
+    ConstantSublayer,
+    PrunedAttention,
+    PrunedIntermediate,
+    apply_structure,
+    export_pruned,
+)
 from .gates import GATE_GROUPS, HardConcreteGate, L0Pruner, LagrangianTerms
 from .masking import GateHandles, attach_gates, check_gates, has_gate_hooks
 from .sparsity import (
@@ -32,6 +39,7 @@ from .sparsity import (
 
 __all__ = [
     "GATE_GROUPS",
+    "ConstantLayer",
     "ConstantSublayer",
     "GateHandles",
     "HardConcreteGate",

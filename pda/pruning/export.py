@@ -2,8 +2,9 @@
 
 ``export_pruned`` folds the (possibly fractional) eval gates into the weights, slices away pruned
 heads and FFN units, and replaces a sublayer whose output became a constant by a
-``ConstantSublayer`` computing ``LayerNorm(residual + c)`` without any matmul. Its logits equal the
-gated model's eval logits. ``apply_structure`` gives a freshly built stock model the same shapes,
+``ConstantSublayer`` computing ``LayerNorm(residual + c)`` without any matmul. A layer whose MHA and
+FFN are both removed becomes one ``ConstantLayer``: two LayerNorms and two adds, with none of the
+layer's attention-mask, chunking or FFN machinery. Its logits equal the gated model's eval logits. ``apply_structure`` gives a freshly built stock model the same shapes,
 so saved weights load with ``strict=True``.
 """
 
@@ -55,6 +56,24 @@ class PrunedIntermediate(nn.Module):
         return hidden_states
 
 
+class ConstantLayer(nn.Module):
+    """An encoder layer with both blocks removed: ``LN_ffn(LN_mha(x + c_mha) + c_ffn)`` in one call.
+
+    Keeps BertLayer's child names (``attention.output``, ``output``) so the weights keep their names.
+    """
+
+    def __init__(self, attention: PrunedAttention, output: ConstantSublayer) -> None:
+        super().__init__()
+        self.attention = attention
+        self.intermediate = PrunedIntermediate()
+        self.output = output
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, output_attentions: bool = False,
+                **kwargs: Any) -> tuple[torch.Tensor, ...]:
+        out = self.output(None, self.attention.output(None, hidden_states))
+        return (out, None) if output_attentions else (out,)
+
+
 def export_pruned(model: nn.Module, gates: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     """Shrink ``model`` IN PLACE according to eval ``gates`` and return the structure summary.
 
@@ -76,6 +95,8 @@ def export_pruned(model: nn.Module, gates: Mapping[str, torch.Tensor]) -> dict[s
         for i, layer in enumerate(layers):
             _export_attention(layer, gates["head"][i], gates["mha"][i])
             _export_ffn(layer, gates["int"][i], gates["ffn"][i])
+            if isinstance(layer.attention, PrunedAttention) and isinstance(layer.intermediate, PrunedIntermediate):
+                layers[i] = ConstantLayer(layer.attention, layer.output)
     model.train(was_training)
     structure = structure_from_gates(gates, config.hidden_size)
     _record_structure(config, structure)
@@ -92,7 +113,12 @@ def apply_structure(model: nn.Module, structure: Mapping[str, Any]) -> None:
     if len(structure["layers"]) != len(layers) or structure["hidden_kept"] != structure["hidden_size"]:
         raise ValueError(f"structure with {len(structure['layers'])} layers and hidden "
                          f"{structure['hidden_kept']}/{structure['hidden_size']} does not fit this model")
-    for layer, spec in zip(layers, structure["layers"]):
+    for i, (layer, spec) in enumerate(zip(layers, structure["layers"])):
+        if not spec["mha_kept"] and not spec["ffn_kept"]:
+            attention_ln, output_ln = layer.attention.output.LayerNorm, layer.output.LayerNorm
+            layers[i] = ConstantLayer(PrunedAttention(ConstantSublayer(attention_ln, _zero_const(attention_ln))),
+                                      ConstantSublayer(output_ln, _zero_const(output_ln)))
+            continue
         if not spec["mha_kept"]:
             out = layer.attention.output
             layer.attention = PrunedAttention(ConstantSublayer(out.LayerNorm, _zero_const(out.LayerNorm)))
