@@ -57,6 +57,26 @@ def mark_adapter(config: PretrainedConfig, name: str, adapter_config: Any) -> No
     config.pda_adapter = {"name": name, "config": adapter_config}
 
 
+def _saved_form(model: PreTrainedModel) -> tuple[dict[str, torch.Tensor], dict[str, str], dict[str, Any], bool]:
+    """What ``save_model`` writes: the tensors, the safetensors metadata, the config and whether it is custom."""
+    state = model.state_dict()
+    if any(".adapters." in key for key in state) and not getattr(model.config, "pda_adapter", None):
+        raise ValueError("model has adapter weights but config.pda_adapter is unset; call mark_adapter() first")
+    tensors, aliases = _split_aliases(state)
+    config_dict, custom, expected = saved_config(model.config, state)
+    for name in [n for n in aliases if n in expected]:  # a name the loading class needs is stored, not aliased
+        tensors[name] = tensors[aliases.pop(name)].clone()
+    return tensors, {"format": "pt", ALIASES_KEY: json.dumps(aliases)}, config_dict, custom
+
+
+def weights_bytes(model: PreTrainedModel) -> int:
+    """The size ``model.safetensors`` would have if ``save_model`` wrote it, serialised in memory (no disk)."""
+    from safetensors.torch import save
+
+    tensors, metadata, _, _ = _saved_form(model)
+    return len(save(tensors, metadata=metadata))
+
+
 def save_model(model: PreTrainedModel, out_dir: str | os.PathLike, tokenizer: Any = None) -> None:
     """Write ``config.json`` + ``model.safetensors`` (full state dict) [+ tokenizer] to ``out_dir``.
 
@@ -66,13 +86,7 @@ def save_model(model: PreTrainedModel, out_dir: str | os.PathLike, tokenizer: An
     previous ``out_dir`` or none, never a half-written one.
     """
     out_dir = Path(out_dir)
-    state = model.state_dict()
-    if any(".adapters." in key for key in state) and not getattr(model.config, "pda_adapter", None):
-        raise ValueError("model has adapter weights but config.pda_adapter is unset; call mark_adapter() first")
-    tensors, aliases = _split_aliases(state)
-    config_dict, custom, expected = saved_config(model.config, state)
-    for name in [n for n in aliases if n in expected]:  # a name the loading class needs is stored, not aliased
-        tensors[name] = tensors[aliases.pop(name)].clone()
+    tensors, metadata, config_dict, custom = _saved_form(model)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
@@ -80,7 +94,7 @@ def save_model(model: PreTrainedModel, out_dir: str | os.PathLike, tokenizer: An
         (tmp / CONFIG_NAME).write_text(json.dumps(config_dict, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         if custom:
             shutil.copyfile(modeling_pda_bert.__file__, tmp / MODELING_FILE)
-        save_file(tensors, tmp / WEIGHTS_NAME, metadata={"format": "pt", ALIASES_KEY: json.dumps(aliases)})
+        save_file(tensors, tmp / WEIGHTS_NAME, metadata=metadata)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         fsync_files(tmp)

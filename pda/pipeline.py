@@ -304,9 +304,7 @@ def measurements(model, reference, model_dir: Path, study, device, data: TaskDat
         },
         "notes": [],
     }
-    with tempfile.TemporaryDirectory(dir=model_dir.parent) as tmp:  # the reference's weights, saved the same way
-        checkpoint.save_model(reference, Path(tmp) / MODEL_DIR)
-        out["teacher_bytes_on_disk"] = measure.bytes_on_disk(Path(tmp) / MODEL_DIR)
+    out["teacher_bytes_on_disk"] = checkpoint.weights_bytes(reference)  # as save_model would write it
     if m.flops:
         ours, theirs = measure.flops_per_example(model, m.seq_len), measure.flops_per_example(reference, m.seq_len)
         out["flops"] = {"per_example": ours, "teacher_per_example": theirs,

@@ -124,3 +124,14 @@ def test_tokenizer_is_saved_alongside(tmp_path: Path) -> None:
     save_model(tiny_model(), tmp_path / "m", tokenizer=tokenizer)
     reloaded = AutoTokenizer.from_pretrained(tmp_path / "m")
     assert reloaded("hello world")["input_ids"] == tokenizer("hello world")["input_ids"]
+
+
+def test_weights_bytes_is_the_size_save_model_writes(tmp_path) -> None:
+    from pda.checkpoint import weights_bytes
+    from pda.measure import bytes_on_disk
+
+    adapted = tiny_model()
+    add_houlsby(adapted)
+    for model in (tiny_model(), adapted):
+        save_model(model, tmp_path / "m")
+        assert weights_bytes(model) == bytes_on_disk(tmp_path / "m")
