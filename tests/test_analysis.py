@@ -334,7 +334,7 @@ def test_write_report(report: tuple[Path, Path], tmp_path: Path) -> None:
     for needle in ("## Main metric per task",
                    "| recipe | rte accuracy (%) | sst2 accuracy (%) | GLUE low mean (%) | GLUE high mean (%) |",
                    "| P+D+A 50% | 79.40 ± 1.00 (n=3) | 89.40 ± 1.00 (n=3) | 79.40 (1/4 tasks) | 89.40 (1/4 tasks) |",
-                   "## Recommendations", "| rte | smallest size | P+D+A 50% | 79.40 ± 1.00 (n=3) | -0.60 | 57.00 |",
+                   "## Recommendations", "| rte | smallest on disk | P+D+A 50% | 79.40 ± 1.00 (n=3) | -0.60 | 57.00 |",
                    "## Claims", "| (1) Adapters reach FT accuracy (A ≈ FT) | confirmed |",
                    "## Carbon footprint", "These figures are estimates",
                    "![fig2_metric_by_scenario](figures/fig2_metric_by_scenario.png)"):
@@ -497,3 +497,30 @@ def test_tracking_table_flags_a_run_that_strays_from_its_target():
     assert list(table["run"]) == ["on", "lags", "overshoots"]
     assert list(table["tracks its target"]) == ["yes", "no", "no"]
     assert list(table["max ŝ − target (pp)"]) == ["+0.0", "+0.0", "+30.0"]
+
+
+def test_int8_variants_become_recipes_the_recommendations_can_pick():
+    from pda.analysis import aggregate, recommendations, records_frame, with_quantized
+    from pda.records import RunRecord
+
+    def run(scenario, metric, q_metric, sparsity=None, mb=90.0):
+        return RunRecord(
+            run_id=f"mrpc-{scenario}-seed0", task="mrpc", scenario=scenario, prune=scenario.startswith("P"),
+            distill=False, adapters=False, sparsity=sparsity, seed=0, model="m", main_metric="f1",
+            main_metric_value=metric, metrics={"f1": metric}, params={"total": 22_700_000},
+            bytes_on_disk=int(mb * 1e6), teacher_bytes_on_disk=90_000_000,
+            speed={"by_batch": {"1": {"speedup": 1.0 if scenario == "FT" else 2.0}}},
+            energy={"train": {"kwh": 1e-3, "kg_co2eq": 1e-4}, "inference": {"kwh": 1e-5, "kg_co2eq": 1e-6}},
+            quantized={"main_metric_value": q_metric, "metrics": {"f1": q_metric}, "bytes_on_disk": int(mb * 0.25e6),
+                       "speed": {"by_batch": {"1": {"speedup": 3.0 if scenario == "FT" else 5.0}}}})
+
+    records = [run("FT", 87.0, 86.8), run("base", 81.2, 81.2), run("P", 86.5, 80.0, 0.6, mb=65.0)]
+    frame = with_quantized(records_frame(records))
+    q = frame.set_index("recipe")
+    assert {"FT +Q", "P 60% +Q", "base +Q"} <= set(q.index)
+    assert q.loc["FT +Q", "main_metric_value"] == 86.8 and q.loc["FT +Q", "bytes_on_disk"] == 22_500_000
+    assert q.loc["FT +Q", "speedup_b1"] == 3.0 and math.isnan(q.loc["FT +Q", "total_kg_co2eq"])
+    recs = recommendations(aggregate(frame), tolerance=1.0).set_index("priority")
+    assert recs.loc["smallest on disk", "recipe"] == "FT +Q"  # P 60% +Q is smaller but lost 7 points
+    assert recs.loc["fastest (batch 1)", "recipe"] == "FT +Q"
+    assert recs.loc["least CO2 (training + inference)", "recipe"] in {"FT", "P 60%"}  # +Q has no energy

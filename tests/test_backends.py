@@ -132,5 +132,5 @@ def test_bad_measure_settings_are_rejected_by_name(make_params, measure: dict, m
 
 
 def test_a_task_override_is_checked_too(make_params) -> None:
-    with pytest.raises(ConfigError, match=r"overrides\[mrpc\].measure.backends.*eager_fp32"):
+    with pytest.raises(ConfigError, match=r"overrides\[mrpc\]: measure.backends.*eager_fp32"):
         load_params(make_params(overrides={"mrpc": {"measure": {"backends": ["ort_int8"]}}}))

@@ -13,6 +13,7 @@ from pda.analysis.frame import (
     GROUP_KEYS, RECIPE_KEYS, SCENARIO_ORDER, TASK_GROUPS, aggregate, batch_sizes, recipe_label, recipe_sort_key,
     records_frame, task_sort_key,
 )
+from pda.analysis.quantized import quantized_rows, with_quantized
 from pda.analysis.recommendations import Priority, priorities, recommendations
 from pda.analysis.report import write_report
 from pda.analysis.structure import SURVIVAL_COLUMNS, structure_summary, survival_matrix
@@ -28,5 +29,5 @@ __all__ = [
     "carbon_statement", "claims", "efficiency_table", "energy_is_estimated", "figure_data", "is_missing",
     "markdown_table", "mean_std", "pareto_front", "priorities", "recipe_label", "recipe_sort_key",
     "recommendation_table", "recommendations", "records_frame", "runs_table", "structure_summary",
-    "survival_matrix", "task_sort_key", "verdict_kind", "write_report",
+    "survival_matrix", "task_sort_key", "verdict_kind", "with_quantized", "quantized_rows", "write_report",
 ]

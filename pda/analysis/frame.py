@@ -53,7 +53,9 @@ def pct(sparsity: float) -> float:
 
 
 def recipe_label(scenario: str, sparsity: float | None) -> str:
-    """'FT' for unpruned recipes, 'P+D+A 50%' for pruned ones."""
+    """'FT' for unpruned recipes, 'P+D+A 50%' for pruned ones, 'P+D+A 50% +Q' for an INT8 variant."""
+    if str(scenario).endswith("+Q"):
+        return f"{recipe_label(str(scenario)[:-2], sparsity)} +Q"
     return str(scenario) if is_missing(sparsity) else f"{scenario} {pct(sparsity):g}%"
 
 
@@ -63,10 +65,12 @@ def task_sort_key(task: str) -> tuple[int, str]:
     return (order.index(task), task) if task in order else (len(order), str(task))
 
 
-def recipe_sort_key(scenario: str, sparsity: float | None) -> tuple[int, float]:
-    """Scenario in SCENARIO_ORDER (unknown last), then sparsity (unpruned first)."""
-    rank = SCENARIO_ORDER.index(scenario) if scenario in SCENARIO_ORDER else len(SCENARIO_ORDER)
-    return rank, -1.0 if is_missing(sparsity) else float(sparsity)
+def recipe_sort_key(scenario: str, sparsity: float | None) -> tuple[int, float, bool]:
+    """Scenario in SCENARIO_ORDER (unknown last), then sparsity (unpruned first); an INT8 variant
+    ("X+Q", see ``pda.analysis.quantized``) right after its recipe."""
+    base, quantized = (scenario[:-2], True) if str(scenario).endswith("+Q") else (scenario, False)
+    rank = SCENARIO_ORDER.index(base) if base in SCENARIO_ORDER else len(SCENARIO_ORDER)
+    return rank, -1.0 if is_missing(sparsity) else float(sparsity), quantized
 
 
 def sort_recipes(df: pd.DataFrame) -> pd.DataFrame:
@@ -123,6 +127,17 @@ def _record_row(r: RunRecord) -> dict[str, Any]:
     for batch, stats in (dig(r.speed, "by_batch") or {}).items():
         for key, prefix in SPEED_FIELDS.items():
             row[f"{prefix}_b{int(batch)}"] = as_float((stats or {}).get(key))
+    for backend, result in (r.backends or {}).items():  # speed-up against the reference on the same backend
+        for batch, stats in ((result or {}).get("by_batch") or {}).items():
+            row[f"speedup_{backend}_b{int(batch)}"] = as_float((stats or {}).get("speedup"))
+    q = r.quantized or {}
+    if q:  # the INT8 variant (lever Q): its own metric, bytes and speed-up against the eager fp32 reference
+        row["q_main_metric_value"] = as_float(q.get("main_metric_value"))
+        row["q_bytes_on_disk"] = as_float(q.get("bytes_on_disk"))
+        for name, value in (q.get("metrics") or {}).items():
+            row[f"q_metric_{name}"] = as_float(value)
+        for batch, stats in (dig(q, "speed", "by_batch") or {}).items():
+            row[f"q_speedup_b{int(batch)}"] = as_float((stats or {}).get("speedup"))
     for phase in ("train", "inference"):
         e = dig(r.energy, phase) or {}
         row[f"{phase}_kwh"] = as_float(e.get("kwh"))
@@ -141,7 +156,9 @@ def _dynamic_columns(rows: list[dict[str, Any]]) -> list[str]:
     metrics = sorted({k for row in rows for k in row if k.startswith("metric_")})
     found = {int(k.rsplit("_b", 1)[1]) for row in rows for k in row if k.startswith("speedup_b")}
     speed = [f"{prefix}_b{b}" for b in sorted(found | set(DEFAULT_BATCH_SIZES)) for prefix in SPEED_FIELDS.values()]
-    return metrics + speed
+    extra = sorted({k for row in rows for k in row
+                    if k.startswith(("q_", "speedup_eager_", "speedup_ort_"))})  # INT8 variant, backends
+    return metrics + speed + extra
 
 
 def records_frame(records: Iterable[RunRecord]) -> pd.DataFrame:

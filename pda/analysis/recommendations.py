@@ -27,7 +27,7 @@ class Priority:
 def priorities(agg: pd.DataFrame) -> list[Priority]:
     """The ranked priorities: size, speed at every measured batch size, CO2 (new ones are one more entry)."""
     return [
-        Priority("smallest size", "params_total_mean", "min"),
+        Priority("smallest on disk", "bytes_on_disk_mean", "min"),  # bytes, so INT8 (+Q) counts
         *[Priority(f"fastest (batch {b})", f"speedup_b{b}_mean", "max") for b in batch_sizes(agg)],
         Priority("least CO2 (training + inference)", "total_kg_co2eq_mean", "min"),
     ]
@@ -58,7 +58,7 @@ def recommendations(data: pd.DataFrame, tolerance: float = 1.0) -> pd.DataFrame:
 
     - keep accuracy: the non-FT recipe with the highest mean metric; if no non-FT recipe is
       eligible, FT is recommended and the note names the best other recipe and its gap;
-    - smallest size: lowest mean ``params_total``;
+    - smallest on disk: lowest mean ``bytes_on_disk`` (the weights file: fewer parameters, or INT8 for "+Q");
     - fastest (batch b): highest mean measured ``speedup_b<b>`` (vs the teacher), per batch size measured;
     - least CO2: lowest mean ``total_kg_co2eq`` = the run's own training + inference emissions
       (the teacher's training, which D recipes also need, is not added).
@@ -130,6 +130,7 @@ def _rec_row(task: str, priority: str, row: pd.Series | None, ft_mean: float | N
         "delta_vs_ft": mean - ft_mean if ft_mean is not None else math.nan,
         "n_runs": value_of(row, "n_runs"),
         "params_M": value_of(row, "params_total_mean") / 1e6,
+        "megabytes": value_of(row, "bytes_on_disk_mean") / 1e6,
     }
     for p in ranked:
         if p.column.startswith("speedup_b"):

@@ -9,6 +9,7 @@ from typing import Sequence
 from pda.analysis.carbon import carbon_statement
 from pda.analysis.claims import claims
 from pda.analysis.frame import aggregate, records_frame
+from pda.analysis.quantized import with_quantized
 from pda.analysis.recommendations import recommendations
 from pda.analysis.tracking import BAND, CEILING, tracking_frame
 from pda.analysis.tables import accuracy_table, efficiency_table, markdown_table, recommendation_table
@@ -18,11 +19,14 @@ RULES = (
     "Eligible recipes on a task are those whose mean main metric is at least FT's mean minus the tolerance "
     "and above the base (linear probe) run's, so a collapsed model never wins. "
     "*Keep accuracy*: the eligible non-FT recipe with the highest mean metric (FT if none). "
-    "*Smallest size*: eligible recipe with the fewest mean total parameters. "
+    "*Smallest on disk*: eligible recipe with the fewest mean bytes of weights (INT8 variants included). "
     "*Fastest*: eligible recipe with the highest mean measured speed-up vs the teacher at that batch size. "
     "*Least CO2*: eligible recipe with the lowest mean training + inference CO2 of its own run "
     "(the teacher's training is not added). Ties go to the higher metric."
 )
+
+QUANTIZED = ("'+Q' rows: the same runs quantised to INT8 (ONNX Runtime dynamic quantisation), dev metric re-measured, "
+             "bytes of the INT8 file, speed-up against the same fp32 reference; their inference energy was not measured.")
 
 
 def _relative(path: Path, start: Path) -> str:
@@ -37,6 +41,7 @@ def write_report(records_dir: Path, out_path: Path, figures: Sequence[Path] = ()
     records = read_all_records(Path(records_dir))
     frame = records_frame(records)
     agg = aggregate(frame)
+    with_q = aggregate(with_quantized(frame))  # every recipe next to its INT8 variant (+Q)
     out_path = Path(out_path)
     parts = [
         "# PDA results report", "",
@@ -48,16 +53,16 @@ def write_report(records_dir: Path, out_path: Path, figures: Sequence[Path] = ()
         parts += ["No finished runs were found.", ""]
     else:
         parts += [
-            "## Main metric per task", "", markdown_table(accuracy_table(agg)), "",
-            "## Size, speed and energy per recipe (mean over tasks)", "", markdown_table(efficiency_table(agg)), "",
+            "## Main metric per task", "", QUANTIZED, "", markdown_table(accuracy_table(with_q)), "",
+            "## Size, speed and energy per recipe (mean over tasks)", "", markdown_table(efficiency_table(with_q)), "",
             f"## Recommendations (accuracy tolerance {tolerance:g} point(s))", "", RULES, "",
-            markdown_table(recommendation_table(recommendations(agg, tolerance))), "",
+            markdown_table(recommendation_table(recommendations(with_q, tolerance))), "",
         ]
         if loose_tolerance is not None:
             parts += [
                 f"## Recommendations when up to {loose_tolerance:g} points of the main metric may be traded", "",
                 "The same rules with a looser tolerance: what each priority buys when some accuracy can be spent.",
-                "", markdown_table(recommendation_table(recommendations(agg, loose_tolerance))), "",
+                "", markdown_table(recommendation_table(recommendations(with_q, loose_tolerance))), "",
             ]
         tracking = tracking_frame(records)
         if not tracking.empty:

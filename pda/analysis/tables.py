@@ -190,7 +190,7 @@ def recommendation_table(recs: pd.DataFrame) -> pd.DataFrame:
     columns = [
         Column("task", "task"), Column("priority", "priority"), Column("recipe", "recipe"),
         Column("metric (%, mean ± std)", "metric"), Column("Δ vs FT (points)", "delta_vs_ft", POINTS),
-        Column("params (M)", "params_M", fixed(2)), *speed, Column("energy (Wh)", "total_kwh", WATT_HOURS),
+        Column("params (M)", "params_M", fixed(2)), Column("on disk (MB)", "megabytes", fixed(1)), *speed, Column("energy (Wh)", "total_kwh", WATT_HOURS),
         Column("CO2 (g)", "total_kg_co2eq", GRAMS), Column("note", "note"),
     ]
     table = render(recs, columns)

@@ -107,39 +107,53 @@ def plot_size_vs_sparsity(data: FigureData, out_dir: Path | None = None) -> Figu
 
 # ----------------------------------------------------------------------------- Fig. 4
 
+BACKEND_STYLE: dict[str, tuple[str, str]] = {  # backend -> (legend label, colour)
+    "eager_fp32": ("torch eager fp32", "#4c72b0"), "eager_bf16": ("torch eager bf16 autocast", "#8172b3"),
+    "ort_fp32": ("ONNX Runtime fp32", "#55a868"), "ort_int8": ("ONNX Runtime INT8", "#c44e52"),
+}
+
+
+def _backends_measured(stats: pd.DataFrame, batch: int) -> list[str]:
+    return [b for b in BACKEND_STYLE if col(stats, f"speedup_{b}_b{batch}_mean").notna().any()]
+
+
 def plot_speedup(data: FigureData, out_dir: Path | None = None) -> Figure:
-    """Fig. 4: measured speed-up vs the teacher at each measured batch size per recipe (mean over tasks
-    and seeds), with the FLOP-count bound (teacher FLOPs / model FLOPs) as a black diamond."""
+    """Fig. 4: measured speed-up per recipe at each measured batch size, one bar per backend (each against
+    the uncompressed model on the same backend, in the same process; mean over the runs that measured it),
+    with the FLOP-count bound (teacher FLOPs / model FLOPs) as a black diamond. Records without
+    per-backend numbers show their eager fp32 speed-up."""
     stem = "fig4_speedup"
     with mpl.rc_context(STYLE):
-        title = "Inference speed-up vs teacher, mean over tasks and seeds" + (
+        title = "Inference speed-up vs the uncompressed model on the same backend" + (
             f" ({data.speed_context})" if data.speed_context else "")
         stats = data.by_recipe
         if stats.empty:
             return finish(single("no runs", title), out_dir, stem)
-        fig, axes = grid(len(data.batch_sizes), 2, (6.5, 4.0))
+        fig, axes = grid(len(data.batch_sizes), 1, (max(7.0, 0.55 * len(stats) + 2), 4.0))
         recipes = recipes_in(stats)
-        x = grouped_positions(recipes)
+        x = np.asarray(grouped_positions(recipes)) * 1.6
         bound = col(stats, "flops_speedup_bound_mean")
         ns: list[float] = []
         for ax, batch in zip(axes, data.batch_sizes):
-            mean = col(stats, f"speedup_b{batch}_mean")
             ax.set_title(f"batch size {batch}")
-            if mean.isna().all():
+            measured = _backends_measured(stats, batch)
+            columns = [(f"speedup_{b}_b{batch}", *BACKEND_STYLE[b]) for b in measured] or [
+                (f"speedup_b{batch}", "eager fp32", BACKEND_STYLE["eager_fp32"][1])]
+            if all(col(stats, f"{c}_mean").isna().all() for c, _, _ in columns):
                 note(ax, f"no speed measurements at batch {batch}")
                 continue
-            n = col(stats, f"speedup_b{batch}_n")
-            ns += list(n[mean.notna()])
-            ax.bar(x, mean.fillna(0), edgecolor="black", linewidth=0.5, color=[scenario_color(s) for s, _ in recipes])
-            error_bars(ax, x, mean, spread(col(stats, f"speedup_b{batch}_std"), n))
-            for xi, m in zip(x, mean):
-                if math.isnan(m):
-                    ax.text(xi, 0.05, "n/a", ha="center", va="bottom", fontsize=8, rotation=90)
+            width = 1.2 / len(columns)
+            for k, (column, label, color) in enumerate(columns):
+                mean, n = col(stats, f"{column}_mean"), col(stats, f"{column}_n")
+                ns += list(n[mean.notna()])
+                xs = x - 0.6 + width * (k + 0.5)
+                ax.bar(xs, mean.fillna(0), width=width, edgecolor="black", linewidth=0.4, color=color, label=label)
+                error_bars(ax, xs, mean, spread(col(stats, f"{column}_std"), n))
             if bound.notna().any():
                 ax.plot(x, bound, "D", color="black", markersize=5, label="FLOP bound")
-            ax.axhline(1.0, color="black", linestyle="--", linewidth=0.8, label="teacher = 1×")
+            ax.axhline(1.0, color="black", linestyle="--", linewidth=0.8, label="uncompressed = 1×")
             recipe_axis(ax, x, recipes)
-            ax.set_ylabel("speed-up vs teacher (×, latency ratio)")
+            ax.set_ylabel("speed-up (×, latency ratio)")
             ax.set_ylim(bottom=0)
         figure_legend(fig, axes)
         fig.suptitle(_title(title, n_caption(ns, "run", "tasks × seeds")))
