@@ -85,7 +85,9 @@ class DataCursor:
     def __init__(self, loader: DataLoader) -> None:
         self.loader = loader
         # LengthGroupedSampler holds its own generator; a shuffled DataLoader's RandomSampler shares the loader's.
-        self.generator: torch.Generator | None = getattr(loader.sampler, "generator", None) or loader.generator
+        # Any other iterable of batches (a list in tests) has a fixed order and no generator.
+        self.generator: torch.Generator | None = (getattr(getattr(loader, "sampler", None), "generator", None)
+                                                  or getattr(loader, "generator", None))
         self.epoch, self.batch = 0, 0
         self.epoch_start: torch.Tensor | None = None
         self.started = False  # False until the first epoch's iterator is made

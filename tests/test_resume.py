@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SMALL = dict(max_train_samples=24, max_eval_samples=16, max_seq_length=32, torch_threads=1,
              training={"epochs": 2, "batch_size": 8, "log_every_steps": 1},
              pruning={"epochs": 1, "finetune_epochs": 1},
-             measure={"speed": False, "energy": False, "flops": False})
+             measure={"speed": False, "energy": False, "flops": False, "quantize": False})
 
 
 def study_in(root: Path, glue_dir: Path, copy_from: config.StudyConfig | None = None, runs: tuple[str, ...] = (),
