@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     study.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler to run on instead")
     study.add_argument("--kernel", default="pda", help="Jupyter kernel that executes the notebooks")
     study.add_argument("--no-analysis", action="store_true", help="skip the analysis notebook at the end")
+    study.add_argument("--fresh-kernels", action="store_true",
+                       help="a new kernel per notebook (serial studies otherwise reuse one warm kernel)")
     study.add_argument("--stale-lock", type=float, default=600.0, help=STALE_HELP)
     plan = sub.add_parser("plan", help="show the runs, their dependencies, steps and projected time")
     plan.add_argument("params", type=Path)
@@ -47,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
 
             start = time.perf_counter()
             outcomes = run_study(args.params, args.workers, args.scheduler, args.kernel,
-                                 analysis=not args.no_analysis, stale_after=args.stale_lock)
+                                 analysis=not args.no_analysis, stale_after=args.stale_lock,
+                                 warm_kernel=not args.fresh_kernels)
             print(summarize(outcomes))
             print(f"wall time {(time.perf_counter() - start) / 60:.1f} min")
             return 1 if any(o.status in ("failed", "skipped") for o in outcomes) else 0

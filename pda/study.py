@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pda import fingerprint, scaleout, site
+from pda.kernels import WarmKernel
 from pda.config import RunConfig, StudyConfig, check_data, for_run, load_params, share_cores
 from pda.runs import RunSpec, dependencies, expand_grid, is_done, move_aside, run_dir, run_state
 
@@ -42,8 +43,12 @@ class Outcome:
     moved_aside: Path | None = None  # where a stale result of this run went (runs/.stale/...)
 
 
-def execute_notebook(notebook: str, output: Path, parameters: dict, kernel_name: str = KERNEL_NAME) -> None:
-    """Run one notebook with papermill; the executed copy is the record of what ran."""
+def execute_notebook(notebook: str, output: Path, parameters: dict, kernel_name: str = KERNEL_NAME,
+                     kernel: WarmKernel | None = None) -> None:
+    """Run one notebook with papermill; the executed copy is the record of what ran.
+
+    With ``kernel`` the notebook runs in that warm kernel (see ``pda.kernels``), else in a new one.
+    """
     import papermill
     from traitlets.config import Config
 
@@ -54,6 +59,7 @@ def execute_notebook(notebook: str, output: Path, parameters: dict, kernel_name:
     papermill.execute_notebook(  # no widget state saved: progress widgets leave only their final line
         str(NOTEBOOKS_DIR / notebook), str(output), parameters=parameters, kernel_name=kernel_name,
         cwd=str(NOTEBOOKS_DIR), progress_bar=False, log_output=False, config=encrypted, store_widget_state=False,
+        **({"km": kernel.manager()} if kernel is not None else {}),
     )
 
 
@@ -83,7 +89,8 @@ def run_config(cfg: StudyConfig, spec: RunSpec) -> RunConfig:
 
 
 def execute_run(params_file: Path, cfg: StudyConfig, spec: RunSpec, kernel_name: str = KERNEL_NAME,
-                thread_budget: int | None = None, stale_after: float = scaleout.STALE_AFTER_S) -> Outcome:
+                thread_budget: int | None = None, stale_after: float = scaleout.STALE_AFTER_S,
+                kernel: WarmKernel | None = None) -> Outcome:
     """Execute one run's notebook unless a result made from the same inputs exists; never raises for a failed run.
 
     The run's lock makes a second attempt (a resubmitted task, a second study) wait for the
@@ -104,7 +111,8 @@ def execute_run(params_file: Path, cfg: StudyConfig, spec: RunSpec, kernel_name:
         moved = move_aside(cfg, rid) if state == "stale" else None
         start = time.perf_counter()
         try:
-            execute_notebook(notebook_for(spec), out_nb, run_parameters(params_file, spec, threads), kernel_name)
+            execute_notebook(notebook_for(spec), out_nb, run_parameters(params_file, spec, threads), kernel_name,
+                             kernel)
         except Exception as exc:  # noqa: BLE001 - a failed run is reported, the study goes on
             message = str(exc).strip().splitlines()
             return Outcome(spec, "failed", out_nb, message[-1] if message else type(exc).__name__,
@@ -245,21 +253,39 @@ def _erred(spec: RunSpec, future: Any, dependency_outcomes: list[Outcome | None]
 
 
 def run_study(params_file: Path, workers: int = 0, scheduler: Any = None, kernel_name: str = KERNEL_NAME,
-              analysis: bool = True, stale_after: float = scaleout.STALE_AFTER_S) -> list[Outcome]:
+              analysis: bool = True, stale_after: float = scaleout.STALE_AFTER_S,
+              warm_kernel: bool = True) -> list[Outcome]:
     """Validate the parameters, execute every run, then the analysis notebook.
 
-    Serial by default; ``workers`` > 0 runs them on a local Dask cluster of that many
-    single-threaded processes, each run with ``cores // workers`` torch threads; ``scheduler``
-    (an address or a cluster object) sends them to an existing Dask cluster instead.
+    Serial by default, every notebook in one warm kernel (``warm_kernel``: no kernel start and
+    imports per run; ``False`` starts a fresh kernel per notebook); ``workers`` > 0 runs them on a
+    local Dask cluster of that many single-threaded processes, each run with ``cores // workers``
+    torch threads and a fresh kernel; ``scheduler`` (an address or a cluster object) sends them to
+    an existing Dask cluster instead.
     """
     cfg = load_params(params_file)  # every setting and data file checked: a fault stops here, before any kernel
     print(check_data(cfg).summary(), flush=True)
     specs = expand_grid(cfg)
     for line in retire_stale(cfg, specs, stale_after):
         print(line, flush=True)
+    kernel = WarmKernel(kernel_name, NOTEBOOKS_DIR) if warm_kernel and scheduler is None and workers <= 0 else None
+    try:
+        outcomes = _run_grid(params_file, cfg, specs, workers, scheduler, kernel_name, stale_after, kernel)
+        if analysis:
+            outcomes.extend(run_analysis(params_file, cfg, kernel_name, kernel))
+            print(site.site_note(Path(cfg.output_dir)), flush=True)
+    finally:
+        if kernel is not None:
+            kernel.close()
+    return outcomes
+
+
+def _run_grid(params_file: Path, cfg: StudyConfig, specs: list[RunSpec], workers: int, scheduler: Any,
+              kernel_name: str, stale_after: float, kernel: WarmKernel | None) -> list[Outcome]:
     if scheduler is None and workers <= 0:
-        execute = functools.partial(execute_run, params_file, cfg, kernel_name=kernel_name, stale_after=stale_after)
-        outcomes = run_serial(params_file, cfg, specs, execute)
+        execute = functools.partial(execute_run, params_file, cfg, kernel_name=kernel_name, stale_after=stale_after,
+                                    kernel=kernel)
+        return run_serial(params_file, cfg, specs, execute)
     else:
         budget = scaleout.thread_budget(workers) if scheduler is None else None  # remote: each worker decides
         execute = functools.partial(execute_run, params_file, cfg, kernel_name=kernel_name,
@@ -270,18 +296,16 @@ def run_study(params_file: Path, workers: int = 0, scheduler: Any = None, kernel
                 cores = scaleout.cpu_count()
                 crowded = " (more workers than cores: runs will compete)" if workers > cores else ""
                 print(f"{workers} workers, {budget} torch thread(s) per run on {cores} cores{crowded}", flush=True)
-            outcomes = run_parallel(client, cfg, specs, execute)
-    if analysis:
-        outcomes.extend(run_analysis(params_file, cfg, kernel_name))
-        print(site.site_note(Path(cfg.output_dir)), flush=True)
-    return outcomes
+            return run_parallel(client, cfg, specs, execute)
 
 
-def run_analysis(params_file: Path, cfg: StudyConfig, kernel_name: str = KERNEL_NAME) -> list[Outcome]:
+def run_analysis(params_file: Path, cfg: StudyConfig, kernel_name: str = KERNEL_NAME,
+                 kernel: WarmKernel | None = None) -> list[Outcome]:
     """The analysis notebook over whatever runs finished; its failure is one more failed outcome."""
     analysis_nb = Path(cfg.output_dir) / "notebooks" / "99_analysis.ipynb"
     try:
-        execute_notebook("99_analysis.ipynb", analysis_nb, {"params_file": notebook_path(params_file)}, kernel_name)
+        execute_notebook("99_analysis.ipynb", analysis_nb, {"params_file": notebook_path(params_file)}, kernel_name,
+                         kernel)
     except Exception as exc:  # noqa: BLE001
         print(f"analysis notebook failed: {exc} (see {analysis_nb})", file=sys.stderr)
         return [Outcome(RunSpec("*", "analysis", None, 0), "failed", analysis_nb, str(exc))]

@@ -41,7 +41,7 @@ class FakeNotebook:
     def __init__(self) -> None:
         self.executed: list[str] = []
 
-    def __call__(self, notebook, output: Path, parameters: dict, kernel_name: str = "pda") -> None:
+    def __call__(self, notebook, output: Path, parameters: dict, kernel_name: str = "pda", kernel=None) -> None:
         study = load_params(parameters["params_file"])
         run = for_run(study, parameters["task"], parameters["scenario"], parameters["sparsity"], parameters["seed"])
         self.executed.append(output.parent.name)

@@ -159,7 +159,7 @@ def test_scheduler_option_runs_on_an_existing_cluster_with_the_workers_threads(m
     cfg = load_params(params)
     seen = {}
 
-    def fake_notebook(notebook, output, parameters, kernel_name="pda"):
+    def fake_notebook(notebook, output, parameters, kernel_name="pda", kernel=None):
         seen[output.parent.name] = parameters["torch_threads"]
         write_record(fake_record(RunSpec(parameters["task"], parameters["scenario"], None, 0), cfg), output.parent)
 
@@ -218,7 +218,7 @@ def test_two_concurrent_attempts_at_one_run_execute_it_once(make_params, monkeyp
     spec = RunSpec("mrpc", "FT", None, 0)
     calls = []
 
-    def fake_notebook(notebook, output, parameters, kernel_name="pda"):
+    def fake_notebook(notebook, output, parameters, kernel_name="pda", kernel=None):
         calls.append(threading.current_thread().name)
         time.sleep(0.5)  # the other attempt arrives while this one holds the lock
         write_record(fake_record(spec, cfg), output.parent)
