@@ -5,7 +5,7 @@ Each variant is a P run (``pda.pipeline.run``) on the same FT teacher, data, bud
 of expected sparsity vs target per variant and a markdown table of tracking and dev scores.
 
     python benchmarks/pruning_controllers.py parameters/default.yaml --task mrpc --sparsities 0.6 0.9 \
-        --out docs/controllers
+        --work outputs/controllers --out docs/controllers
 
 The FT teacher must be in the study's output folder (run ``make study`` or the teacher notebook first).
 """
@@ -26,7 +26,7 @@ VARIANTS = {
 }
 
 
-def run_variants(params: Path, task: str, sparsities: list[float], out: Path, seed: int) -> list[dict]:
+def run_variants(params: Path, task: str, sparsities: list[float], work: Path, seed: int) -> list[dict]:
     from pda.config import for_run, load_params
     from pda.pipeline import run
     from pda.runs import run_dir
@@ -38,7 +38,7 @@ def run_variants(params: Path, task: str, sparsities: list[float], out: Path, se
     rows = []
     for name, pruning in VARIANTS.items():
         slug = pruning["controller"] + "-" + pruning["gate_init"]
-        study_out = out / "runs-" / slug
+        study_out = work / slug
         (study_out / "runs").mkdir(parents=True, exist_ok=True)
         link = study_out / "runs" / teacher.name
         if not link.exists():
@@ -50,7 +50,7 @@ def run_variants(params: Path, task: str, sparsities: list[float], out: Path, se
             done = run_dir(cfg.study, f"{task}-P-sp{round(sparsity * 100):02d}-seed{seed}") / "result.json"
             record = json.loads(done.read_text()) if done.is_file() else run(cfg).to_dict()
             rows.append({"variant": name, "sparsity": sparsity, "metric": record["main_metric"],
-                         "value": record["main_metric_value"], "tracking": record["pruning"]["tracking"],
+                         "value": record["main_metric_value"], "metrics": record["metrics"], "tracking": record["pruning"]["tracking"],
                          "trace": record["pruning"]["trace"], "achieved": record["pruning"]["achieved_vs_input"],
                          "teacher": json.loads((teacher / "result.json").read_text())["main_metric_value"]})
     return rows
@@ -63,29 +63,30 @@ def plot(rows: list[dict], path: Path) -> None:
     fig = Figure(figsize=(4.6 * len(sparsities), 3.6), layout="constrained")
     axes = fig.subplots(1, len(sparsities), squeeze=False)[0]
     for ax, sp in zip(axes, sparsities):
-        for r in (r for r in rows if r["sparsity"] == sp):
+        mine = [r for r in rows if r["sparsity"] == sp]
+        steps, _, target = zip(*mine[0]["trace"])
+        ax.plot(steps, target, color="#bbbbbb", linewidth=6, solid_capstyle="butt", label="target t (warm-up)")
+        ax.axhspan(sp - 0.05, sp + 0.05, color="grey", alpha=0.12, linewidth=0, label="±5 points of the target")
+        for r, style in zip(mine, ("-", "-", (0, (4, 2)), (0, (1, 1.5)))):  # projections on t: dashed / dotted
             steps, s_hat, _ = zip(*r["trace"])
-            ax.plot(steps, s_hat, label=r["variant"])
-        steps, _, target = zip(*rows[0]["trace"]) if rows else ((), (), ())
-        mine = next(r for r in rows if r["sparsity"] == sp)
-        steps, _, target = zip(*mine["trace"])
-        ax.plot(steps, target, color="black", linestyle="--", linewidth=1, label="target t (warm-up)")
-        ax.axhspan(sp - 0.05, sp + 0.05, color="grey", alpha=0.12, linewidth=0)
+            ax.plot(steps, s_hat, label=r["variant"], linestyle=style, linewidth=1.8)
         ax.set(title=f"target sparsity {sp:.0%}", xlabel="pruning step", ylabel="expected sparsity ŝ (encoder weights)",
                ylim=(0, 1))
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=8, frameon=False)
+    fig.suptitle("Expected sparsity ŝ against its warmed-up target t while pruning (one run per line)")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=140)
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| controller | target | max abs(ŝ − t), last quarter | max ŝ − target | dev metric (teacher) |",
-             "|---|---|---|---|---|"]
+    lines = ["| controller | target | max abs(ŝ − t), last quarter | max ŝ − target | exported | dev metrics (%) | "
+             "teacher's main metric |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         t = r["tracking"]
+        metrics = ", ".join(f"{k} {v:.1f}" for k, v in r["metrics"].items())
         lines.append(f"| {r['variant']} | {r['sparsity']:.0%} | {t['max_abs_gap_last_quarter']:.3f} | "
-                     f"{t['max_over_target']:+.3f} | {r['metric']} {r['value']:.1f} ({r['teacher']:.1f}) |")
+                     f"{t['max_over_target']:+.3f} | {r['achieved']:.1%} | {metrics} | {r['metric']} {r['teacher']:.1f} |")
     return "\n".join(lines)
 
 
@@ -95,11 +96,12 @@ def main() -> None:
     parser.add_argument("--task", default="mrpc")
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.6, 0.9])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("docs/controllers"))
+    parser.add_argument("--work", type=Path, default=Path("outputs/controllers"), help="where the runs go")
+    parser.add_argument("--out", type=Path, default=Path("docs/controllers"), help="where the figure and table go")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    rows = run_variants(args.params, args.task, args.sparsities, args.out.resolve(), args.seed)
+    rows = run_variants(args.params, args.task, args.sparsities, args.work.resolve(), args.seed)
     plot(rows, args.out / f"controllers-{args.task}.png")
     (args.out / f"controllers-{args.task}.md").write_text(table(rows) + "\n")
     print(table(rows))
