@@ -163,13 +163,23 @@ class StudyConfig:
 
 @dataclasses.dataclass
 class RunConfig:
-    """One run: the study settings with the task's overrides applied, plus the grid coordinates."""
+    """One run: the study settings with its overrides applied, plus the grid coordinates.
+
+    ``root`` is the study as the parameter file gives it (overrides not yet applied): the runs this
+    run depends on are configured from it, each with its own overrides (a teacher's budget is not
+    the student's).
+    """
 
     study: StudyConfig
     task: str
     scenario: str
     sparsity: float | None
     seed: int
+    root: StudyConfig | None = None
+
+    def other(self, task: str, scenario: str, sparsity: float | None, seed: int) -> "RunConfig":
+        """Another run of the same study (e.g. this run's teacher), with that run's own overrides."""
+        return for_run(self.root if self.root is not None else self.study, task, scenario, sparsity, seed)
 
     @property
     def flags(self) -> dict[str, bool]:
@@ -536,4 +546,4 @@ def for_run(cfg: StudyConfig, task: str, scenario: str, sparsity: float | None, 
         sparsity = check_sparsity(sparsity)
     else:
         sparsity = None
-    return RunConfig(study=run_study, task=spec.name, scenario=scenario, sparsity=sparsity, seed=int(seed))
+    return RunConfig(study=run_study, task=spec.name, scenario=scenario, sparsity=sparsity, seed=int(seed), root=cfg)

@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pda.config import EMBEDDED_MODEL, RunConfig, for_run
+from pda.config import EMBEDDED_MODEL, RunConfig
 from pda.data import HUB_DATASET, locate_task
 from pda.runs import RunSpec, dependencies, recorded_fingerprint
 from pda.tasks import get_task
@@ -122,7 +122,7 @@ def run_settings(cfg: RunConfig) -> dict[str, Any]:
 def run_inputs(cfg: RunConfig) -> dict[str, Any]:
     """Everything that determines the run's result, readable; dependencies by their fingerprints."""
     spec = RunSpec(cfg.task, cfg.scenario, cfg.sparsity, cfg.seed)
-    deps = {dep.run_id: fingerprint(for_run(cfg.study, dep.task, dep.scenario, dep.sparsity, dep.seed))
+    deps = {dep.run_id: fingerprint(cfg.other(dep.task, dep.scenario, dep.sparsity, dep.seed))
             for dep in dependencies(spec)}
     return {"run": _plain(dataclasses.asdict(spec)), "settings": run_settings(cfg),
             "model": model_source(cfg.study.model), "data": data_files(cfg), "dependencies": deps}

@@ -18,7 +18,7 @@ import torch
 import transformers
 
 from pda import backends, checkpoint, distill, fingerprint, measure, resume
-from pda.config import RunConfig, for_run
+from pda.config import RunConfig
 from pda.data import load_split, locate_task, subsample, tokenize
 from pda.export import evaluate_session
 from pda.metrics import predictions_from_logits, task_metrics
@@ -145,8 +145,8 @@ def distill_loss(model: torch.nn.Module, teacher: torch.nn.Module, data: TaskDat
 def load_run_model(cfg: RunConfig, spec: RunSpec) -> torch.nn.Module:
     """The saved model of a finished run this run depends on (its teacher or parent), made from today's inputs."""
     rid = spec.run_id
-    if not is_done(cfg.study, rid, fingerprint.fingerprint(for_run(cfg.study, spec.task, spec.scenario,
-                                                                   spec.sparsity, spec.seed))):
+    if not is_done(cfg.study, rid, fingerprint.fingerprint(cfg.other(spec.task, spec.scenario, spec.sparsity,
+                                                                     spec.seed))):
         raise FileNotFoundError(f"run {cfg.task}/{cfg.scenario} needs run {rid!r} first, made from the current "
                                 f"settings; expected {run_dir(cfg.study, rid)}/result.json with a matching "
                                 "fingerprint (run the study, which orders them)")
@@ -210,7 +210,7 @@ def run(cfg: RunConfig, with_dependencies: bool = False) -> RunRecord:
     study = cfg.study
     if with_dependencies:
         for dep in dependencies(run_spec(cfg)):
-            dep_cfg = for_run(study, dep.task, dep.scenario, dep.sparsity, dep.seed)
+            dep_cfg = cfg.other(dep.task, dep.scenario, dep.sparsity, dep.seed)
             state = run_state(study, dep.run_id, fingerprint.fingerprint(dep_cfg))
             if state == "stale":  # made from other inputs: kept aside, made again
                 why = fingerprint.why_stale(dep_cfg)

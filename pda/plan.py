@@ -26,7 +26,9 @@ import statistics
 import time
 from pathlib import Path
 
-from pda.config import EMBEDDED_MODEL, SCENARIOS, ConfigError, StudyConfig, check_data, for_run, load_params
+from pda.config import (
+    EMBEDDED_MODEL, SCENARIOS, ConfigError, StudyConfig, check_data, effective_settings, for_run, load_params,
+)
 from pda.records import read_record
 from pda.runs import RunSpec, dependencies, expand_grid, runs_dir
 from pda.tasks import TaskSpec, get_task
@@ -301,8 +303,8 @@ def steps_section(cfg: StudyConfig, estimates: list[RunEstimate]) -> list[str]:
 
     rows = []
     for t in cfg.tasks:
-        study = for_run(cfg, t, "FT", None, 0).study
-        e = next(e for e in estimates if e.spec.task == t)
+        study = effective_settings(cfg, t)  # the task's settings; a scenario's own budget shows in its cell
+        e = next(e for e in estimates if e.spec.task == t and e.spec.scenario not in ("FT",))
         epochs = f"{study.training.epochs:g} / {study.pruning.epochs:g}+{study.pruning.finetune_epochs:g}"
         rows.append([t, e.train_rows, e.batch_size, e.batches_per_epoch, epochs,
                      *(cell(first.get((t, s))) for s in scenarios)])

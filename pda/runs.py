@@ -121,9 +121,9 @@ def dependencies(spec: RunSpec) -> list[RunSpec]:
 
 def task_grid(cfg: StudyConfig, task: str) -> StudyConfig:
     """The study settings for one task: group and task overrides may change its seeds, scenarios, sparsities."""
-    from pda.config import for_run
+    from pda.config import effective_settings
 
-    return for_run(cfg, task, "FT", None, 0).study
+    return effective_settings(cfg, task)
 
 
 def expand_grid(cfg: StudyConfig) -> list[RunSpec]:

@@ -283,3 +283,16 @@ def test_differences_say_why_in_one_line():
     assert fingerprint.differences(old, new, limit=1).endswith(" and 2 more")
     assert fingerprint.differences(None, new) == "its record has no fingerprint (written by an older pda)"
     assert json.dumps(old, sort_keys=True) and fingerprint.digest(old) != fingerprint.digest(new)
+
+
+def test_a_dependency_is_configured_with_its_own_scenario_overrides(make_params):
+    """A teacher with a budget of its own (overrides: {FT: ...}) is the same run whoever depends on it."""
+    cfg = load_params(make_params(**{**GRID, "overrides": {"FT": {"training": {"epochs": 2}, "max_train_samples": 48}}}))
+    student = for_run(cfg, "mrpc", "D", None, 0)
+    teacher = student.other("mrpc", "FT", None, 0)
+    assert (teacher.study.training.epochs, teacher.study.max_train_samples) == (2, 48)
+    assert (student.study.training.epochs, student.study.max_train_samples) == (1, 32)
+    assert fingerprint.run_inputs(student)["dependencies"]["mrpc-FT-seed0"] == fp(cfg, "mrpc", "FT")
+    pruned = for_run(cfg, "mrpc", "P+D", 0.6, 0)
+    assert fingerprint.run_inputs(pruned)["dependencies"] == {"mrpc-FT-seed0": fp(cfg, "mrpc", "FT"),
+                                                               "mrpc-D-seed0": fp(cfg, "mrpc", "D")}
