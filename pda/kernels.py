@@ -35,12 +35,16 @@ class WarmKernel:
         return self._km
 
     def _clear(self) -> None:
-        """Forget the previous notebook's variables and restart the execution counter (silently: no count used)."""
+        """Forget the previous notebook's variables, start a new history session and restart the execution counter
+        (silently: no count used)."""
         kc = self._km.client()
         kc.start_channels()
         try:
             kc.wait_for_ready(timeout=60)
+            # A new history session too: a restarted counter in the old one collides with the lines
+            # already stored there ("Session/line number was not unique", printed to the notebook).
             reply = kc.execute_interactive("get_ipython().run_line_magic('reset', '-f')\n"
+                                           "get_ipython().history_manager.reset(new_session=True)\n"
                                            "get_ipython().execution_count = 1", silent=True, timeout=60)
             if reply["content"]["status"] != "ok":
                 raise RuntimeError(f"could not clear the warm kernel: {reply['content']}")
