@@ -46,13 +46,13 @@ def outputs_text(cell: dict) -> list[tuple[str, str]]:
 def readability_problems(path: Path, *extra_paths: Path) -> list[str]:
     """Everything in one executed notebook that the artefact promises a reader will not meet."""
     nb = json.loads(path.read_text(encoding="utf-8"))
-    problems = []
+    problems = []  # IPython's own errors ("ERROR! Session/line number ...") go to stdout, so look there too
     for i, cell in enumerate(nb["cells"]):
         texts = [("source", "".join(cell["source"]))] + outputs_text(cell)
         for kind, text in texts:
             problems += [f"{path.name} cell {i} {kind}: absolute path {p}" for p in machine_paths(*extra_paths)
                          if p in text]
-            if kind == "stream:stderr" or kind == "error":
+            if kind == "stream:stderr" or kind == "error" or (kind.startswith("stream") and "ERROR!" in text):
                 problems.append(f"{path.name} cell {i}: {kind}: {text[:300]!r}")
             if kind.startswith("text/") and cell["cell_type"] == "code" and (hit := RAW_FLOAT.search(text)):
                 problems.append(f"{path.name} cell {i} {kind}: raw float {hit.group(0)!r}")

@@ -51,6 +51,7 @@ def test_collapse_table_flags_runs_at_the_majority_class(tmp_path: Path) -> None
     assert verdict == {"mrpc-P60": "no", "mrpc-P90": "yes", "mrpc-D": "yes",  # 0.4 above, and below, the floor
                        "rte-P60": "teacher not above the majority class"}  # 53.5 is not 2 points above 52.7
     assert "mrpc-FT" not in verdict  # the teacher is the reference, not a candidate
+    assert list(table["run"]) == ["mrpc-D", "mrpc-P60", "mrpc-P90", "rte-P60"]  # the paper's task and recipe order
     assert analysis.collapse_table(frame, {}).empty
 
     for r in runs:
