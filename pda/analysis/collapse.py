@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import pandas as pd
 
-from pda.analysis.frame import recipe_label, recipe_sort_key, task_sort_key
+from pda.analysis.frame import recipe_label, sort_recipes
 from pda.analysis.tables import NOT_MEASURED
 from pda.analysis.values import is_missing
 
@@ -19,10 +19,7 @@ def collapse_table(frame: pd.DataFrame, majority: Mapping[str, float], margin: f
     class by more than ``2 * margin`` points (otherwise the task itself is not learned, and it says so)."""
     rows = []
     teachers = frame[frame["scenario"] == "FT"].groupby("task")["main_metric_value"].mean()
-    order = sorted(frame.index, key=lambda i: (task_sort_key(frame.at[i, "task"]),
-                                               recipe_sort_key(frame.at[i, "scenario"], frame.at[i, "sparsity"]),
-                                               frame.at[i, "seed"] if "seed" in frame else 0))
-    for _, r in frame.loc[order].iterrows():
+    for _, r in sort_recipes(frame).iterrows():
         if r["scenario"] == "FT" or r["task"] not in majority or is_missing(r["main_metric_value"]):
             continue
         floor, teacher = majority[r["task"]], teachers.get(r["task"])

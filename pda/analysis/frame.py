@@ -74,12 +74,13 @@ def recipe_sort_key(scenario: str, sparsity: float | None) -> tuple[int, float, 
 
 
 def sort_recipes(df: pd.DataFrame) -> pd.DataFrame:
-    """Rows by task (GLUE order, when there is a task column), then recipe order."""
+    """Rows by task (GLUE order, when there is a task column), then recipe order, then seed (per-run rows)."""
     if df.empty:
         return df
     keys = [recipe_sort_key(s, p) for s, p in zip(df["scenario"], df["sparsity"])]
     tasks = [task_sort_key(t) for t in df["task"]] if "task" in df else [(0, "")] * len(df)
-    order = sorted(range(len(df)), key=lambda i: (tasks[i], keys[i]))
+    seeds = list(df["seed"]) if "seed" in df else [0] * len(df)
+    order = sorted(range(len(df)), key=lambda i: (tasks[i], keys[i], seeds[i]))
     return df.iloc[order].reset_index(drop=True)
 
 

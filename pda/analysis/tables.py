@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pda.analysis.frame import TASK_GROUPS, batch_sizes, recipe_sort_key, recipes_of, select_recipe, task_sort_key
+from pda.analysis.frame import (
+    TASK_GROUPS, batch_sizes, recipes_of, select_recipe, sort_recipes, task_sort_key,
+)
 from pda.analysis.values import as_float, is_missing, value_of
 
 NOT_APPLICABLE = "—"
@@ -121,9 +123,7 @@ def runs_table(frame: pd.DataFrame, run_ids: bool = False) -> pd.DataFrame:
     ]
     if frame.empty:
         return render(frame, columns)
-    keys = [(task_sort_key(t), recipe_sort_key(s, p), seed) for t, s, p, seed in
-            zip(frame["task"], frame["scenario"], frame["sparsity"], frame["seed"])]
-    return render(frame.iloc[sorted(range(len(frame)), key=keys.__getitem__)], columns)
+    return render(sort_recipes(frame), columns)
 
 
 def _task_metric(agg: pd.DataFrame, task: str) -> str:
