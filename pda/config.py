@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import importlib.util
 import os
+import re
 from pathlib import Path
 from typing import Any, get_type_hints
 
@@ -77,6 +78,7 @@ class PruningConfig:
 
     epochs: float = 3.0
     finetune_epochs: float = 1.0
+    finetune_learning_rate: float | None = None  # the exported model's fine-tune (P, P+D; adapters keep theirs)
     sparsity_warmup_ratio: float = 0.5  # fraction of pruning steps over which the target rises from 0
     gate_learning_rate: float = 0.1
     lagrangian_learning_rate: float = 0.1  # lagrangian controller only
@@ -301,6 +303,8 @@ def _check_settings(cfg: StudyConfig) -> None:
     _check_number("adapters.learning_rate", a.learning_rate, 0.0, 1.0, low_inclusive=False)
     _check_number("pruning.epochs", p.epochs, 0.0, low_inclusive=False)
     _check_number("pruning.finetune_epochs", p.finetune_epochs, 0.0)
+    if p.finetune_learning_rate is not None:
+        _check_number("pruning.finetune_learning_rate", p.finetune_learning_rate, 0.0, 1.0, low_inclusive=False)
     _check_number("pruning.sparsity_warmup_ratio", p.sparsity_warmup_ratio, 0.0, 1.0, high_inclusive=True)
     _check_number("pruning.gate_learning_rate", p.gate_learning_rate, 0.0, low_inclusive=False)
     _check_number("pruning.lagrangian_learning_rate", p.lagrangian_learning_rate, 0.0, low_inclusive=False)
@@ -353,10 +357,11 @@ def _check_overrides(cfg: StudyConfig) -> None:
         chain = override_chain(str(key))
         if chain is None:
             raise ConfigError(f"overrides key {key!r} is not a group {sorted(GROUPS)}, a task {sorted(TASKS)}, "
-                              f"a scenario {list(SCENARIOS)} or TASK/SCENARIO (e.g. 'mrpc/FT')")
+                              f"a scenario {list(SCENARIOS)}, a target sparsity of pruned runs (e.g. 'sp90' "
+                              "for 0.9) or TASK/SCENARIO (e.g. 'mrpc/FT')")
         where = f"overrides[{key}]"
         _build(StudyConfig, cfg.overrides[key] or {}, f"{where}.")  # typos inside overrides too
-        per_scenario = key in SCENARIOS or "/" in str(key)
+        per_scenario = key in SCENARIOS or "/" in str(key) or is_sparsity_key(str(key))
         keys = set(cfg.overrides[key] or {})
         for fixed, level, where_ok in ((keys & set(STUDY_WIDE), "task or group", "at the top level"),
                                        (keys & set(PER_TASK_ONLY) if per_scenario else set(), "scenario",
@@ -515,10 +520,19 @@ def _merged(cfg: StudyConfig, keys: list[str]) -> StudyConfig:
     return _build(StudyConfig, base, "")
 
 
+def sparsity_key(sparsity: float) -> str:
+    """How run ids and override keys name a target sparsity: 0.9 -> ``sp90``."""
+    return f"sp{round(float(sparsity) * 100):02d}"
+
+
+def is_sparsity_key(key: str) -> bool:
+    return re.fullmatch(r"sp\d{2}", key) is not None
+
+
 def override_chain(key: str) -> list[str] | None:
     """The override keys a run sees when ``key`` applies to it, in order; None if ``key`` names nothing."""
     tasks = {k.lower(): k for k in TASKS}
-    if key in GROUPS:
+    if key in GROUPS or is_sparsity_key(key):
         return [key]
     if key.lower() in tasks:
         return [TASKS[tasks[key.lower()]].group, key]
@@ -537,13 +551,15 @@ def effective_settings(cfg: StudyConfig, task: str) -> StudyConfig:
 
 
 def for_run(cfg: StudyConfig, task: str, scenario: str, sparsity: float | None, seed: int) -> RunConfig:
-    """The config of one run: overrides of its group, scenario, task, then TASK/SCENARIO, in that order."""
+    """The config of one run: overrides of its group, scenario, target sparsity (``sp90``, pruned runs
+    only), task, then TASK/SCENARIO, in that order."""
     spec = get_task(task)
     if scenario not in SCENARIOS:
         raise ConfigError(f"unknown scenario {scenario!r}; valid scenarios: {list(SCENARIOS)}")
-    run_study = _merged(cfg, [spec.group, scenario, spec.name, f"{spec.name}/{scenario}"])
     if SCENARIOS[scenario]["prune"]:
         sparsity = check_sparsity(sparsity)
+        by_sparsity = [sparsity_key(sparsity)]
     else:
-        sparsity = None
+        sparsity, by_sparsity = None, []
+    run_study = _merged(cfg, [spec.group, scenario, *by_sparsity, spec.name, f"{spec.name}/{scenario}"])
     return RunConfig(study=run_study, task=spec.name, scenario=scenario, sparsity=sparsity, seed=int(seed), root=cfg)

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pda.config import SCENARIOS, StudyConfig
+from pda.config import SCENARIOS, StudyConfig, sparsity_key
 from pda.records import RESULT_FILE
 from pda.scaleout import LOCK_FILE
 
@@ -35,7 +35,7 @@ def run_id(task: str, scenario: str, sparsity: float | None, seed: int) -> str:
     """A readable, filesystem-safe id, e.g. ``mrpc-P+D+A-sp90-seed0`` or ``sst2-FT-seed1``."""
     parts = [task, scenario]
     if SCENARIOS[scenario]["prune"]:
-        parts.append(f"sp{round(float(sparsity) * 100):02d}")
+        parts.append(sparsity_key(sparsity))
     parts.append(f"seed{seed}")
     return "-".join(parts)
 

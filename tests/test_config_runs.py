@@ -8,6 +8,7 @@ import pytest
 
 from pda import fingerprint, records
 from pda.config import ConfigError, for_run, load_params, share_cores
+from pda.prune_run import finetune_learning_rate
 from pda.records import RunRecord, atomic_write_text, read_all_records, write_record
 from pda.runs import RunSpec, dependencies, expand_grid, run_dir, run_id
 from pda.study import Outcome, execute_run, run_serial
@@ -173,11 +174,32 @@ def test_overrides_apply_by_group_scenario_task_then_task_scenario(make_params):
     assert (stsb_ft.training.epochs, stsb_ft.training.batch_size) == (3, 8)
 
 
+def test_a_sparsity_override_reaches_only_pruned_runs_at_that_sparsity(make_params):
+    study = load_params(make_params(sparsities=[0.6, 0.9], overrides={
+        "P": {"pruning": {"finetune_epochs": 2}},
+        "sp90": {"pruning": {"finetune_epochs": 6, "finetune_learning_rate": 3.0e-4}},
+        "mrpc/P": {"pruning": {"finetune_learning_rate": 1.0e-4}},
+    }))
+    tuned = lambda scenario, sparsity, task="stsb": for_run(study, task, scenario, sparsity, 0).study.pruning  # noqa: E731
+    assert (tuned("P", 0.9).finetune_epochs, tuned("P", 0.9).finetune_learning_rate) == (6, 3.0e-4)
+    assert (tuned("P", 0.6).finetune_epochs, tuned("P", 0.6).finetune_learning_rate) == (2, None)
+    assert tuned("P+D", 0.9).finetune_epochs == 6 and tuned("FT", None).finetune_epochs != 6
+    assert tuned("P", 0.9, "mrpc").finetune_learning_rate == 1.0e-4  # TASK/SCENARIO still comes last
+    run = lambda scenario: for_run(study, "stsb", scenario, 0.9, 0)  # noqa: E731
+    assert finetune_learning_rate(run("P+D"), 1.0e-4) == 3.0e-4
+    assert finetune_learning_rate(run("P+A"), 2.0e-3) == 2.0e-3  # adapters keep their own rate
+    assert finetune_learning_rate(for_run(study, "stsb", "P", 0.6, 0), 1.0e-4) == 1.0e-4
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"FT": {"seeds": [1]}}, r"overrides\[FT\]: seeds cannot differ per scenario"),
     ({"mrpc/P": {"model": "x"}}, r"overrides\[mrpc/P\]: model cannot differ per scenario"),
     ({"mrpc/PDA": {}}, r"overrides key 'mrpc/PDA' is not a group .* or TASK/SCENARIO"),
     ({"D": {"training": {"epochs": -1}}}, r"overrides\[D\]: training.epochs=-1"),
+    ({"sp90": {"seeds": [1]}}, r"overrides\[sp90\]: seeds cannot differ per scenario"),
+    ({"sp90": {"pruning": {"finetune_learning_rate": 2}}},
+     r"overrides\[sp90\]: pruning.finetune_learning_rate=2 is outside the valid range"),
+    ({"sp9": {}}, r"overrides key 'sp9' is not a group .* a target sparsity of pruned runs \(e.g. 'sp90'"),
 ])
 def test_scenario_overrides_are_checked_like_the_rest(make_params, overrides, message):
     with pytest.raises(ConfigError, match=message):

@@ -148,6 +148,7 @@ def test_a_hub_task_is_reported_unchecked_not_pretended_checked(tmp_path, monkey
     [
         ({"training": {"epochs": 0}}, r"^training.epochs=0 is outside the valid range \(0.0, inf\)$"),
         ({"pruning": {"epochs": 0}}, r"^pruning.epochs=0 is outside the valid range"),
+        ({"pruning": {"finetune_learning_rate": 0}}, r"^pruning.finetune_learning_rate=0 is outside the valid range"),
         ({"training": {"learning_rate": 0}}, r"^training.learning_rate=0 is outside the valid range \(0.0, 1.0\)"),
         ({"training": {"log_every_steps": 0}}, r"^training.log_every_steps=0 is outside"),
         ({"max_seq_length": -5}, r"^max_seq_length=-5 is outside the valid range \[8, 4096\]$"),
