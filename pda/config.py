@@ -187,6 +187,13 @@ class RunConfig:
     def flags(self) -> dict[str, bool]:
         return SCENARIOS[self.scenario]
 
+    @property
+    def finetune_learning_rate(self) -> float | None:
+        """The pruned model's fine-tune rate when ``pruning.finetune_learning_rate`` applies to this run
+        (P, P+D); None otherwise: adapter scenarios, and runs that do not set it, keep their own rate."""
+        tune = self.study.pruning.finetune_learning_rate
+        return tune if self.flags["prune"] and not self.flags["adapters"] else None
+
 
 class ConfigError(ValueError):
     """A parameter is wrong; the message names it and says what would be valid."""

@@ -104,7 +104,7 @@ def prune_and_export(model: torch.nn.Module, loader: DataLoader, cfg: RunConfig,
         from pda import adapters as pda_adapters
 
         pda_adapters.freeze_for_adapters(model)  # export may create fresh layers that would train otherwise
-    tuned = fit(model, loader, epochs=p.finetune_epochs, learning_rate=finetune_learning_rate(cfg, lr),
+    tuned = fit(model, loader, epochs=p.finetune_epochs, learning_rate=cfg.finetune_learning_rate or lr,
                 loss_fn=loss_fn, extensions=others,
                 desc=f"fine-tune pruned {cfg.task} {cfg.scenario}",
                 checkpoints=checkpoints.phase(FINETUNE) if checkpoints is not None else None, **common)
@@ -112,13 +112,6 @@ def prune_and_export(model: torch.nn.Module, loader: DataLoader, cfg: RunConfig,
                       log=_tag(gated, "prune") + _tag(tuned, "finetune", gated.steps), evals=gated.evals + tuned.evals)
     outcome["pruning"]["finetune_steps"] = tuned.steps
     return model, history, outcome
-
-
-def finetune_learning_rate(cfg: RunConfig, lr: float) -> float:
-    """The exported model's fine-tune: ``pruning.finetune_learning_rate`` when its weights train (P, P+D);
-    adapter scenarios keep their adapters' rate ``lr``, as does every run that does not set it."""
-    tune = cfg.study.pruning.finetune_learning_rate
-    return tune if tune and not cfg.flags["adapters"] else lr
 
 
 def _prune_phase(model: torch.nn.Module, loader: DataLoader, cfg: RunConfig, lr: float, loss_fn: LossFn,

@@ -33,7 +33,7 @@ def describe_run(cfg: RunConfig) -> str:
     ]
     if cfg.flags["prune"]:
         p = s.pruning
-        tune_lr = f" at lr {p.finetune_learning_rate}" if p.finetune_learning_rate else ""
+        tune_lr = f" at lr {cfg.finetune_learning_rate}" if cfg.finetune_learning_rate else ""
         lines.append(f"pruning epochs {p.epochs} + final fine-tune {p.finetune_epochs}{tune_lr} | target warm-up "
                      f"{p.sparsity_warmup_ratio:.0%} of pruning steps")
     if cfg.flags["distill"]:

@@ -8,10 +8,10 @@ import pytest
 
 from pda import fingerprint, records
 from pda.config import ConfigError, for_run, load_params, share_cores
-from pda.prune_run import finetune_learning_rate
 from pda.records import RunRecord, atomic_write_text, read_all_records, write_record
 from pda.runs import RunSpec, dependencies, expand_grid, run_dir, run_id
 from pda.study import Outcome, execute_run, run_serial
+from pda.views import describe_run
 
 
 def test_smoke_and_paper_and_default_files_validate(glue_dir, monkeypatch):
@@ -185,10 +185,11 @@ def test_a_sparsity_override_reaches_only_pruned_runs_at_that_sparsity(make_para
     assert (tuned("P", 0.6).finetune_epochs, tuned("P", 0.6).finetune_learning_rate) == (2, None)
     assert tuned("P+D", 0.9).finetune_epochs == 6 and tuned("FT", None).finetune_epochs != 6
     assert tuned("P", 0.9, "mrpc").finetune_learning_rate == 1.0e-4  # TASK/SCENARIO still comes last
-    run = lambda scenario: for_run(study, "stsb", scenario, 0.9, 0)  # noqa: E731
-    assert finetune_learning_rate(run("P+D"), 1.0e-4) == 3.0e-4
-    assert finetune_learning_rate(run("P+A"), 2.0e-3) == 2.0e-3  # adapters keep their own rate
-    assert finetune_learning_rate(for_run(study, "stsb", "P", 0.6, 0), 1.0e-4) == 1.0e-4
+    run = lambda scenario, sparsity=0.9: for_run(study, "stsb", scenario, sparsity, 0)  # noqa: E731
+    assert run("P+D").finetune_learning_rate == 3.0e-4
+    assert run("P+A").finetune_learning_rate is None  # adapters keep their own rate
+    assert run("P", 0.6).finetune_learning_rate is None
+    assert "fine-tune 6 at lr 0.0003" in describe_run(run("P")) and "at lr" not in describe_run(run("P+D+A"))
 
 
 @pytest.mark.parametrize("overrides, message", [
