@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.pda-installed
 PARAMS ?= parameters/default.yaml
-WORKERS ?= 0
+WORKERS ?= 2
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 .PHONY: setup study smoke test lab plan site clean-outputs

@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     study.add_argument("--kernel", default="pda", help="Jupyter kernel that executes the notebooks")
     study.add_argument("--no-analysis", action="store_true", help="skip the analysis notebook at the end")
     study.add_argument("--fresh-kernels", action="store_true",
-                       help="a new kernel per notebook (serial studies otherwise reuse one warm kernel)")
+                       help="a new kernel per notebook (otherwise the study, or each Dask worker, reuses warm kernels)")
     study.add_argument("--stale-lock", type=float, default=600.0, help=STALE_HELP)
     plan = sub.add_parser("plan", help="show the runs, their dependencies, steps and projected time")
     plan.add_argument("params", type=Path)

@@ -1,4 +1,4 @@
-"""A Jupyter kernel kept warm across the notebooks of a serial study, so each run skips kernel start and imports.
+"""Jupyter kernels kept warm across the notebooks of a study, so each run skips kernel start and imports.
 
 Starting a kernel and importing torch, transformers and pda cost about 9 s per run here, a tenth of a
 short run. ``WarmKernel`` starts one kernel (in ``notebooks/``, like papermill would) and hands its
@@ -6,10 +6,15 @@ manager to papermill for every notebook; nbclient leaves a kernel it does not ow
 notebook the kernel's namespace is cleared (``%reset -f``) and its execution counter restarts at 1, so
 no variable of one run is seen by the next and the executed notebook reads as if from a fresh kernel;
 imported modules stay loaded, which is the point. A kernel that died (e.g. out of memory) is replaced.
+A serial study holds one ``WarmKernel``; each Dask worker of a parallel study holds a ``KernelPool``
+(``pda.scaleout.WarmKernelPlugin``), one kernel per run it executes at once.
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,3 +68,36 @@ class WarmKernel:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class KernelPool:
+    """Warm kernels for a process that executes several notebooks at once (a Dask worker with more than one
+    thread): each notebook borrows an idle kernel, or a new one if all are busy, and returns it when done.
+
+    A worker that runs one notebook at a time keeps one kernel, warm across all its runs.
+    """
+
+    def __init__(self, kernel_name: str, cwd: Path, factory: Callable[[str, Path], WarmKernel] = WarmKernel) -> None:
+        self.kernel_name, self.cwd, self._factory = kernel_name, Path(cwd), factory
+        self._idle: list[WarmKernel] = []
+        self._all: list[WarmKernel] = []
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def borrow(self) -> Iterator[WarmKernel]:
+        with self._lock:
+            kernel = self._idle.pop() if self._idle else None
+            if kernel is None:
+                kernel = self._factory(self.kernel_name, self.cwd)
+                self._all.append(kernel)
+        try:
+            yield kernel
+        finally:
+            with self._lock:
+                self._idle.append(kernel)
+
+    def close(self) -> None:
+        with self._lock:
+            kernels, self._all, self._idle = self._all, [], []
+        for kernel in kernels:
+            kernel.close()

@@ -8,6 +8,7 @@ lock unless its result exists, and ``Progress`` reports. Serially the runs go in
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -110,9 +111,11 @@ def execute_run(params_file: Path, cfg: StudyConfig, spec: RunSpec, kernel_name:
             return Outcome(spec, "cached", out_nb)
         moved = move_aside(cfg, rid) if state == "stale" else None
         start = time.perf_counter()
+        pool = scaleout.worker_kernels() if kernel is None else None  # on a Dask worker: its warm kernels
         try:
-            execute_notebook(notebook_for(spec), out_nb, run_parameters(params_file, spec, threads), kernel_name,
-                             kernel)
+            with pool.borrow() if pool is not None else contextlib.nullcontext(kernel) as warm:
+                execute_notebook(notebook_for(spec), out_nb, run_parameters(params_file, spec, threads), kernel_name,
+                                 warm)
         except Exception as exc:  # noqa: BLE001 - a failed run is reported, the study goes on
             message = str(exc).strip().splitlines()
             return Outcome(spec, "failed", out_nb, message[-1] if message else type(exc).__name__,
@@ -260,8 +263,8 @@ def run_study(params_file: Path, workers: int = 0, scheduler: Any = None, kernel
     Serial by default, every notebook in one warm kernel (``warm_kernel``: no kernel start and
     imports per run; ``False`` starts a fresh kernel per notebook); ``workers`` > 0 runs them on a
     local Dask cluster of that many single-threaded processes, each run with ``cores // workers``
-    torch threads and a fresh kernel; ``scheduler`` (an address or a cluster object) sends them to
-    an existing Dask cluster instead.
+    torch threads, each worker with warm kernels of its own; ``scheduler`` (an address or a cluster
+    object) sends them to an existing Dask cluster instead.
     """
     cfg = load_params(params_file)  # every setting and data file checked: a fault stops here, before any kernel
     print(check_data(cfg).summary(), flush=True)
@@ -270,7 +273,8 @@ def run_study(params_file: Path, workers: int = 0, scheduler: Any = None, kernel
         print(line, flush=True)
     kernel = WarmKernel(kernel_name, NOTEBOOKS_DIR) if warm_kernel and scheduler is None and workers <= 0 else None
     try:
-        outcomes = _run_grid(params_file, cfg, specs, workers, scheduler, kernel_name, stale_after, kernel)
+        outcomes = _run_grid(params_file, cfg, specs, workers, scheduler, kernel_name, stale_after, kernel,
+                             warm_kernel)
         if analysis:
             outcomes.extend(run_analysis(params_file, cfg, kernel_name, kernel))
             print(site.site_note(Path(cfg.output_dir)), flush=True)
@@ -281,7 +285,8 @@ def run_study(params_file: Path, workers: int = 0, scheduler: Any = None, kernel
 
 
 def _run_grid(params_file: Path, cfg: StudyConfig, specs: list[RunSpec], workers: int, scheduler: Any,
-              kernel_name: str, stale_after: float, kernel: WarmKernel | None) -> list[Outcome]:
+              kernel_name: str, stale_after: float, kernel: WarmKernel | None,
+              warm_kernels: bool = True) -> list[Outcome]:
     if scheduler is None and workers <= 0:
         execute = functools.partial(execute_run, params_file, cfg, kernel_name=kernel_name, stale_after=stale_after,
                                     kernel=kernel)
@@ -291,6 +296,8 @@ def _run_grid(params_file: Path, cfg: StudyConfig, specs: list[RunSpec], workers
         execute = functools.partial(execute_run, params_file, cfg, kernel_name=kernel_name,
                                     thread_budget=budget, stale_after=stale_after)
         with scaleout.connect(workers, scheduler) as client:
+            if warm_kernels:
+                client.register_plugin(scaleout.WarmKernelPlugin(kernel_name, NOTEBOOKS_DIR))
             print(scaleout.dashboard_note(client), flush=True)
             if budget is not None:
                 cores = scaleout.cpu_count()

@@ -7,7 +7,7 @@ from pathlib import Path
 import nbformat
 import papermill
 
-from pda.kernels import WarmKernel
+from pda.kernels import KernelPool, WarmKernel
 
 
 def _notebook(path: Path) -> Path:
@@ -70,3 +70,24 @@ def test_each_notebook_starts_an_empty_history_session(tmp_path):
         finally:
             kc.stop_channels()
     assert "".join(printed).split() == ["0"]
+
+
+class _FakeKernel:
+    def __init__(self, kernel_name: str, cwd: Path) -> None:
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_pool_lends_one_kernel_per_concurrent_notebook_and_reuses_it(tmp_path):
+    pool = KernelPool("pda", tmp_path, factory=_FakeKernel)
+    with pool.borrow() as first:
+        with pool.borrow() as second:  # two notebooks at once on one worker: two kernels
+            assert second is not first
+    with pool.borrow() as again:  # one at a time: the same warm kernel, run after run
+        assert again in (first, second)
+        with pool.borrow() as other:
+            assert {again, other} == {first, second}
+    pool.close()
+    assert first.closed and second.closed

@@ -23,6 +23,7 @@ import yaml
 from pda import fingerprint, scaleout
 from pda.__main__ import main
 from pda.config import for_run, load_params
+from pda.kernels import WarmKernel
 from pda.records import RunRecord, read_record, write_record
 from pda.runs import RunSpec, dependencies, expand_grid, is_done, run_dir
 from pda.study import Outcome, execute_run, run_parallel, run_parameters, run_study, torch_threads_for
@@ -152,15 +153,17 @@ def test_dask_waits_for_dependencies_runs_the_rest_concurrently_and_isolates_fai
 
 def test_scheduler_option_runs_on_an_existing_cluster_with_the_workers_threads(make_params, monkeypatch, capsys):
     """--scheduler: an existing cluster whose worker holds one run at a time (resource ``run``)
-    gives that run all its threads, capped by the parameter file's torch_threads (2 in smoke)."""
+    gives that run all its threads, capped by the parameter file's torch_threads (2 in smoke), and
+    the worker's one warm kernel, the same for both runs."""
     from distributed import LocalCluster
 
     params = make_params(tasks=["mrpc"], scenarios=["FT", "D"])
     cfg = load_params(params)
-    seen = {}
+    seen, kernels = {}, []
 
     def fake_notebook(notebook, output, parameters, kernel_name="pda", kernel=None):
         seen[output.parent.name] = parameters["torch_threads"]
+        kernels.append(kernel)
         write_record(fake_record(RunSpec(parameters["task"], parameters["scenario"], None, 0), cfg), output.parent)
 
     monkeypatch.setattr("pda.study.execute_notebook", fake_notebook)  # in-process workers see it
@@ -168,6 +171,7 @@ def test_scheduler_option_runs_on_an_existing_cluster_with_the_workers_threads(m
                       dashboard_address=":0") as cluster:
         outcomes = run_study(params, scheduler=cluster.scheduler_address, analysis=False)
     assert [o.status for o in outcomes] == ["done", "done"] and seen == {"mrpc-FT-seed0": 2, "mrpc-D-seed0": 2}
+    assert isinstance(kernels[0], WarmKernel) and kernels[1] is kernels[0]
     assert "Dask dashboard: http" in capsys.readouterr().out
     assert not list(run_dir(cfg, "mrpc-FT-seed0").glob(".lock*"))
 
