@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -97,6 +98,16 @@ def test_atomic_write_keeps_old_file_when_interrupted(tmp_path, monkeypatch):
         atomic_write_text(path, "new")
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["result.json"]  # no temp file left behind
+
+
+def test_atomic_write_gives_the_mode_of_any_new_file(tmp_path):
+    """Not mkstemp's 0600: a group sharing outputs/ must be able to read the results."""
+    old = os.umask(0o027)
+    try:
+        atomic_write_text(tmp_path / "result.json", "{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "result.json").stat().st_mode & 0o777 == 0o640
 
 
 def test_record_round_trip_and_unknown_field_rejected(tmp_path):
