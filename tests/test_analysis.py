@@ -524,3 +524,31 @@ def test_int8_variants_become_recipes_the_recommendations_can_pick():
     assert recs.loc["smallest on disk", "recipe"] == "FT +Q"  # P 60% +Q is smaller but lost 7 points
     assert recs.loc["fastest (batch 1)", "recipe"] == "FT +Q"
     assert recs.loc["least CO2 (training + inference)", "recipe"] in {"FT", "P 60%"}  # +Q has no energy
+
+
+def test_time_table_sums_run_time_per_task_and_scenario_and_spans_overlapping_runs(tmp_path: Path) -> None:
+    """Two workers: runs overlap, so the wall time is shorter than the run time it holds."""
+    import json
+
+    from pda.analysis.timing import run_times, time_sentence, time_table
+
+    def run(rid, task, scenario, start, end, train):
+        rec = RunRecord(run_id=rid, task=task, scenario=scenario, prune=False, distill=False, adapters=False,
+                        sparsity=None, seed=0, model="m", train_time_s=train)
+        write_record(rec, tmp_path / rid)
+        meta = {"papermill": {"start_time": f"2026-11-27T03:{start:02d}:00.000000",
+                              "end_time": f"2026-11-27T03:{end:02d}:00.000000"}}
+        (tmp_path / rid / "notebook.ipynb").write_text(json.dumps({"metadata": meta, "cells": []}))
+        return rec
+
+    records = [run("mrpc-FT-seed0", "mrpc", "FT", 0, 4, 180), run("cola-FT-seed0", "cola", "FT", 0, 2, 60),
+               run("cola-A-seed0", "cola", "A", 2, 6, 120), run("mrpc-A-seed0", "mrpc", "A", 4, 5, 30)]
+    records.append(RunRecord(run_id="rte-FT-seed0", task="rte", scenario="FT", prune=False, distill=False,
+                             adapters=False, sparsity=None, seed=0, model="m"))  # no notebook: not timed
+    times = run_times(records, tmp_path)
+    table = time_table(times).set_index("task")
+    assert list(table.index) == sorted(["cola", "mrpc"], key=analysis.task_sort_key) + ["all"] and list(table.columns[1:3]) == ["FT", "A"]
+    assert table.loc["cola", "FT"] == "2.0" and table.loc["mrpc", "A"] == "1.0" and table.loc["all", "FT"] == "6.0"
+    assert table.loc["all", "run time (min)"] == "11.0" and table.loc["all", "span (min)"] == "6.0"
+    assert table.loc["cola", "span (min)"] == "6.0" and table.loc["mrpc", "of which training"] == "70 %"
+    assert time_sentence(times).startswith("4 runs in 6.0 min of wall time") and "1.83 runs at once" in time_sentence(times)

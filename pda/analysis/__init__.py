@@ -1,7 +1,7 @@
 """Turn run records into the tables, recommendations, claim checks, figure data and report of a study.
 
 One module per job: ``frame`` (records -> one row per run, aggregates), ``tables`` (formatted for
-readers), ``recommendations``, ``claims``, ``collapse`` (runs at the majority class), ``carbon``, ``structure`` (what pruning kept), ``figures``
+readers), ``recommendations``, ``claims``, ``collapse`` (runs at the majority class), ``carbon``, ``timing`` (where a study's time went), ``structure`` (what pruning kept), ``figures``
 (the numbers each figure draws) and ``report`` (markdown). Nothing here draws: ``pda.plots`` draws
 what ``figure_data`` computed.
 """

@@ -12,6 +12,7 @@ from pda.analysis.collapse import MARGIN, collapse_table
 from pda.analysis.frame import aggregate, records_frame
 from pda.analysis.quantized import with_quantized
 from pda.analysis.recommendations import recommendations
+from pda.analysis.timing import run_times, time_sentence, time_table
 from pda.analysis.tracking import BAND, CEILING, tracking_frame
 from pda.analysis.tables import accuracy_table, efficiency_table, markdown_table, recommendation_table
 from pda.records import atomic_write_text, read_all_records
@@ -95,6 +96,15 @@ def write_report(records_dir: Path, out_path: Path, figures: Sequence[Path] = ()
             markdown_table(claims(agg, tolerance)), "",
         ]
     parts += ["## Carbon footprint", "", carbon_statement(frame)["sentence"], ""]
+    times = run_times(records, Path(records_dir))
+    if not times.empty:
+        parts += [
+            "## Where the time went", "", time_sentence(times), "",
+            "Minutes of run time (each run's executed notebook, start to end: loading, training, evaluation, "
+            "INT8 variant, benchmarks) per task and scenario; 'span' runs from the task's first start to its "
+            "last end, so tasks that overlap on parallel workers have spans that add up to more than the wall "
+            "time.", "", markdown_table(time_table(times)), "",
+        ]
     pngs = [Path(f) for f in figures if Path(f).suffix == ".png"]
     if pngs:
         parts += ["## Figures", ""]
