@@ -13,10 +13,22 @@ A serial study holds one ``WarmKernel``; each Dask worker of a parallel study ho
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+
+# Dask's nanny sets this for its workers (give freed memory back to the OS at once, see
+# ``distributed.nanny.pre-spawn-environ``); a kernel started from a worker would inherit it, and torch
+# then pays page faults on every step: a training step took 0.74 s instead of 0.50 s here.
+NOT_FOR_KERNELS = ("MALLOC_TRIM_THRESHOLD_",)
+
+
+def kernel_environment() -> dict[str, str]:
+    """This process's environment for a kernel it starts, less what only suits a Dask worker itself."""
+    return {k: v for k, v in os.environ.items() if k not in NOT_FOR_KERNELS}
 
 
 class WarmKernel:
@@ -34,7 +46,7 @@ class WarmKernel:
             self.close()
         if self._km is None:
             km = KernelManager(kernel_name=self.kernel_name, transport_encryption="auto")
-            km.start_kernel(cwd=str(self.cwd))
+            km.start_kernel(cwd=str(self.cwd), env=kernel_environment())
             self._km = km
         self._clear()
         return self._km

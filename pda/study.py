@@ -48,8 +48,12 @@ def execute_notebook(notebook: str, output: Path, parameters: dict, kernel_name:
                      kernel: WarmKernel | None = None) -> None:
     """Run one notebook with papermill; the executed copy is the record of what ran.
 
-    With ``kernel`` the notebook runs in that warm kernel (see ``pda.kernels``), else in a new one.
+    With ``kernel`` the notebook runs in that warm kernel (see ``pda.kernels``), else in a new one,
+    started the same way (``pda.kernels.kernel_environment``) and shut down after.
     """
+    if kernel is None:
+        with WarmKernel(kernel_name, NOTEBOOKS_DIR) as fresh:
+            return execute_notebook(notebook, output, parameters, kernel_name, fresh)
     import papermill
     from traitlets.config import Config
 
@@ -60,7 +64,7 @@ def execute_notebook(notebook: str, output: Path, parameters: dict, kernel_name:
     papermill.execute_notebook(  # no widget state saved: progress widgets leave only their final line
         str(NOTEBOOKS_DIR / notebook), str(output), parameters=parameters, kernel_name=kernel_name,
         cwd=str(NOTEBOOKS_DIR), progress_bar=False, log_output=False, config=encrypted, store_widget_state=False,
-        **({"km": kernel.manager()} if kernel is not None else {}),
+        km=kernel.manager(),
     )
 
 

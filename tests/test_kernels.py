@@ -72,6 +72,23 @@ def test_each_notebook_starts_an_empty_history_session(tmp_path):
     assert "".join(printed).split() == ["0"]
 
 
+def test_a_kernel_started_from_a_dask_worker_leaves_its_malloc_setting_behind(tmp_path, monkeypatch):
+    """Dask workers set MALLOC_TRIM_THRESHOLD_, which made training steps 1.5x slower in a kernel that inherited it."""
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    monkeypatch.setenv("PDA_TEST_PASSED_ON", "yes")
+    with WarmKernel("pda", tmp_path) as warm:
+        kc = warm.manager().client()
+        kc.start_channels()
+        try:
+            printed = []
+            kc.execute_interactive("import os\nprint(os.environ.get('MALLOC_TRIM_THRESHOLD_'), "
+                                   "os.environ.get('PDA_TEST_PASSED_ON'))", timeout=60,
+                                   output_hook=lambda m: printed.append(m["content"].get("text", "")))
+        finally:
+            kc.stop_channels()
+    assert "".join(printed).split() == ["None", "yes"]
+
+
 class _FakeKernel:
     def __init__(self, kernel_name: str, cwd: Path) -> None:
         self.closed = False
