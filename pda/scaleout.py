@@ -271,13 +271,28 @@ def submit_runs(client: Any, specs: list, dependencies: Callable[[Any], list], t
     """Submit ``task(spec, *args, *dependency_outcomes)`` for every spec; specs come dependencies first.
 
     Passing the dependencies' futures as arguments is what makes Dask wait for them; Dask
-    replaces them by their results (the dependencies' outcomes) when the task starts.
+    replaces them by their results (the dependencies' outcomes) when the task starts. A run that
+    others wait for goes first (``waiting_on``): left to Dask's own order, the default study's last
+    FT teacher started 50 minutes in, and its task's twelve runs made a long tail.
     """
     resources = run_resources(client)
     batch = uuid.uuid4().hex[:8]  # a resubmitted study gets fresh keys, not the old results
+    waiting = waiting_on(specs, dependencies)
     futures: dict[Any, Any] = {}
-    for spec in specs:
+    # Submitted most-waited-for first (a dependency is waited for by more runs than any of its dependents,
+    # so it still comes before them): an idle worker starts the first task it is given, before the rest arrive.
+    for spec in sorted(specs, key=lambda s: -waiting[s]):
         deps = [futures[d] for d in dependencies(spec) if d in futures]
         futures[spec] = client.submit(task, spec, *args, *deps, key=f"{spec.run_id}-{batch}", pure=False,
-                                      resources=resources)
+                                      resources=resources, priority=waiting[spec])
     return futures
+
+
+def waiting_on(specs: list, dependencies: Callable[[Any], list]) -> dict[Any, int]:
+    """For each spec, how many specs wait for it, directly or through others (a teacher: every run of its task)."""
+    waiters: dict[Any, set] = {spec: set() for spec in specs}
+    for spec in reversed(specs):  # dependents come after their dependencies, so theirs are complete here
+        for dep in dependencies(spec):
+            if dep in waiters:
+                waiters[dep] |= {spec} | waiters[spec]
+    return {spec: len(w) for spec, w in waiters.items()}

@@ -151,6 +151,24 @@ def test_dask_waits_for_dependencies_runs_the_rest_concurrently_and_isolates_fai
     assert any(b[0] < a[1] for a, b in zip(intervals, intervals[1:])), "two workers never overlapped"
 
 
+def test_runs_that_others_wait_for_start_first(make_params, tmp_path):
+    """One worker, teachers listed after runs that need none: Dask still starts both teachers first."""
+    from distributed import Client
+
+    cfg = load_params(make_params(tasks=["mrpc", "rte"], scenarios=["base", "A", "P+D"]))
+    specs = expand_grid(cfg)
+    waiting = scaleout.waiting_on(specs, dependencies)
+    by_id = {s.run_id: n for s, n in waiting.items()}
+    assert by_id["mrpc-FT-seed0"] == 2 and by_id["mrpc-D-seed0"] == 1 and by_id["mrpc-P+D-sp60-seed0"] == 0
+    assert by_id["mrpc-base-seed0"] == by_id["mrpc-A-seed0"] == 0
+    fake = FakeExecute(tmp_path / "log.jsonl", seconds=0.05)
+    with Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=":0") as client:
+        outcomes = run_parallel(client, cfg, specs, fake, poll=0.05)
+    assert {o.status for o in outcomes} == {"done"}
+    rows = sorted(map(json.loads, (tmp_path / "log.jsonl").read_text().splitlines()), key=lambda r: r["start"])
+    assert {r["run"] for r in rows[:2]} == {"mrpc-FT-seed0", "rte-FT-seed0"}
+
+
 def test_scheduler_option_runs_on_an_existing_cluster_with_the_workers_threads(make_params, monkeypatch, capsys):
     """--scheduler: an existing cluster whose worker holds one run at a time (resource ``run``)
     gives that run all its threads, capped by the parameter file's torch_threads (2 in smoke), and
