@@ -5,6 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.pda-installed
 PARAMS ?= parameters/default.yaml
+# runs at once (Dask), cores // WORKERS torch threads each; WORKERS=0: serial, in one warm kernel
 WORKERS ?= 2
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
