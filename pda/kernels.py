@@ -45,6 +45,7 @@ class WarmKernel:
         if self._km is not None and not self._km.is_alive():
             self.close()
         if self._km is None:
+            # encrypted kernel traffic where the kernel supports it (ours does); else ipykernel warns at each start
             km = KernelManager(kernel_name=self.kernel_name, transport_encryption="auto")
             km.start_kernel(cwd=str(self.cwd), env=kernel_environment())
             self._km = km
@@ -98,8 +99,9 @@ class KernelPool:
     @contextlib.contextmanager
     def borrow(self) -> Iterator[WarmKernel]:
         with self._lock:
-            kernel = self._idle.pop() if self._idle else None
-            if kernel is None:
+            if self._idle:
+                kernel = self._idle.pop()
+            else:
                 kernel = self._factory(self.kernel_name, self.cwd)
                 self._all.append(kernel)
         try:

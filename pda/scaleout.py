@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from distributed import WorkerPlugin
+from distributed import Client, LocalCluster, WorkerPlugin, get_worker
 
 from pda.kernels import KernelPool
 
@@ -187,10 +187,8 @@ def worker_thread_budget() -> int | None:
     None outside a worker (a serial study keeps the parameter file's ``torch_threads``).
     """
     try:
-        from distributed import get_worker
-
         worker = get_worker()
-    except (ImportError, ValueError):
+    except ValueError:  # not on a worker
         return None
     nthreads = worker.state.nthreads
     runs = worker.state.total_resources.get(RUN_RESOURCE) or nthreads
@@ -225,8 +223,6 @@ class WarmKernelPlugin(WorkerPlugin):
 def worker_kernels() -> KernelPool | None:
     """This Dask worker's warm kernels; None outside a worker or on one without the plugin."""
     try:
-        from distributed import get_worker
-
         plugin = get_worker().plugins.get(WARM_KERNELS)
     except ValueError:  # not on a worker
         return None
@@ -241,8 +237,6 @@ def connect(workers: int = 0, scheduler: Any = None) -> Iterator[Any]:
     """A Dask client: to ``scheduler`` (an address or a cluster object) if given, else to a new
     ``LocalCluster`` of ``workers`` single-threaded processes. Closed (and the local cluster
     shut down) on exit."""
-    from distributed import Client, LocalCluster
-
     if scheduler is not None:
         with Client(scheduler) as client:
             yield client

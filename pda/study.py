@@ -55,15 +55,11 @@ def execute_notebook(notebook: str, output: Path, parameters: dict, kernel_name:
         with WarmKernel(kernel_name, NOTEBOOKS_DIR) as fresh:
             return execute_notebook(notebook, output, parameters, kernel_name, fresh)
     import papermill
-    from traitlets.config import Config
 
     output.parent.mkdir(parents=True, exist_ok=True)
-    # Encrypt kernel traffic when the kernel supports it (ours does); otherwise ipykernel warns on
-    # every kernel start, once per run.
-    encrypted = Config({"KernelManager": {"transport_encryption": "auto"}})
     papermill.execute_notebook(  # no widget state saved: progress widgets leave only their final line
         str(NOTEBOOKS_DIR / notebook), str(output), parameters=parameters, kernel_name=kernel_name,
-        cwd=str(NOTEBOOKS_DIR), progress_bar=False, log_output=False, config=encrypted, store_widget_state=False,
+        cwd=str(NOTEBOOKS_DIR), progress_bar=False, log_output=False, store_widget_state=False,
         km=kernel.manager(),
     )
 
