@@ -29,7 +29,8 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from transformers import AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
 from transformers.modeling_utils import no_init_weights
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
@@ -94,7 +95,7 @@ def save_model(model: PreTrainedModel, out_dir: str | os.PathLike, tokenizer: An
         (tmp / CONFIG_NAME).write_text(json.dumps(config_dict, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         if custom:
             shutil.copyfile(modeling_pda_bert.__file__, tmp / MODELING_FILE)
-        save_file(tensors, tmp / WEIGHTS_NAME, metadata=metadata)
+        (tmp / WEIGHTS_NAME).write_bytes(safetensors_bytes(tensors, metadata=metadata))  # save_file makes it 0600
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         fsync_files(tmp)

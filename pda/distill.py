@@ -10,8 +10,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 
+from pda.records import atomic_write_bytes
 from pda.train import model_inputs
 
 # Config attributes that are lists with one entry per layer but are not per-layer.
@@ -204,31 +207,54 @@ class TeacherLogitCache:
         return int(self.filled.sum())
 
     def fill(self, teacher: nn.Module, batches: Iterable[Mapping[str, Tensor]]) -> "TeacherLogitCache":
-        """Run the teacher (eval, no grad) over ``batches`` (each with an ``idx`` field) and store its logits."""
+        """Run the teacher (eval, no grad) over ``batches`` (each with an ``idx`` field) and store its logits;
+        rows beyond the current size grow the cache."""
         for batch in batches:
             if "idx" not in batch:
                 raise KeyError(f"batch has no 'idx' field (keys: {sorted(batch)}); the cache needs row indices")
             idx = torch.as_tensor(batch["idx"]).long().cpu()
+            self._grow(int(idx.max()) + 1)
             self.logits[idx] = teacher_logits(teacher, batch).float().cpu()
             self.filled[idx] = True
         return self
 
+    def _grow(self, num_examples: int) -> None:
+        extra = num_examples - len(self.filled)
+        if extra > 0:
+            self.logits = torch.cat([self.logits, self.logits.new_zeros(extra, self.logits.shape[1])])
+            self.filled = torch.cat([self.filled, self.filled.new_zeros(extra)])
+
+    def missing(self, indices: Tensor | Sequence[int]) -> list[int]:
+        """The rows of ``indices`` with no logits yet, in the order given."""
+        idx = torch.as_tensor(indices).long().cpu()
+        inside = idx < len(self.filled)
+        have = torch.zeros_like(inside)
+        have[inside] = self.filled[idx[inside]]
+        return idx[~have].tolist()
+
     def get(self, indices: Tensor | Sequence[int]) -> Tensor:
         """Cached logits of rows ``indices`` (KeyError if any row was never filled)."""
-        idx = torch.as_tensor(indices).long().cpu()
-        missing = idx[~self.filled[idx]]
-        if len(missing):
-            raise KeyError(f"no teacher logits cached for rows {missing[:10].tolist()}; call fill() over the whole dataset")
-        return self.logits[idx]
+        missing = self.missing(indices)
+        if missing:
+            raise KeyError(f"no teacher logits cached for rows {missing[:10]}; call fill() over the whole dataset")
+        return self.logits[torch.as_tensor(indices).long().cpu()]
 
-    def save(self, path: str | Path) -> None:
-        torch.save({"logits": self.logits, "filled": self.filled}, Path(path))
+    def save(self, path: str | Path, meta: Mapping[str, str] | None = None) -> None:
+        """Safetensors, written atomically: concurrent readers see the old file or the new one."""
+        tensors = {"logits": self.logits.contiguous(), "filled": self.filled.contiguous()}
+        atomic_write_bytes(Path(path), safetensors_bytes(tensors, metadata=dict(meta or {})))
 
     @classmethod
-    def load(cls, path: str | Path) -> "TeacherLogitCache":
-        data = torch.load(Path(path), weights_only=True)
-        cache = cls(*data["logits"].shape)
-        cache.logits, cache.filled = data["logits"], data["filled"]
+    def load(cls, path: str | Path, meta: Mapping[str, str] | None = None) -> "TeacherLogitCache":
+        """A saved cache; ``meta`` (if given) must match what it was saved with, else ValueError."""
+        with safe_open(str(path), framework="pt") as f:
+            saved = f.metadata() or {}
+            logits, filled = f.get_tensor("logits"), f.get_tensor("filled")
+        wrong = {k: (saved.get(k), v) for k, v in (meta or {}).items() if saved.get(k) != v}
+        if wrong:
+            raise ValueError(f"teacher logits in {path} were made for other inputs (saved, wanted): {wrong}")
+        cache = cls(*logits.shape)
+        cache.logits, cache.filled = logits, filled.bool()
         return cache
 
 

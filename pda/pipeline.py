@@ -112,10 +112,7 @@ def distill_loss(model: torch.nn.Module, teacher: torch.nn.Module, data: TaskDat
         distiller = distill.LayerDistiller(model.config.hidden_size, teacher.config.hidden_size, mapping).to(device)
     cache = None
     if d.cache_teacher_logits and distiller is None:
-        rows = max(int(i) for i in data.train["idx"]) + 1
-        with autocast(precision, device):  # the teacher's logits in the precision it will be trained against
-            cache = distill.TeacherLogitCache(rows, data.task.num_labels).fill(
-                teacher, make_loader(data.train, data.tokenizer, cfg.study.training.eval_batch_size, False, 0))
+        cache = shared_teacher_logits(cfg, teacher, data, device, precision)
 
     def loss_fn(model, batch):
         inputs = model_inputs(batch, device)
@@ -140,6 +137,45 @@ def distill_loss(model: torch.nn.Module, teacher: torch.nn.Module, data: TaskDat
 
     extensions = (TrainableModule(distiller, cfg.study.training.learning_rate),) if distiller is not None else ()
     return loss_fn, extensions
+
+
+TEACHER_LOGITS_DIR = "teacher_logits"
+
+
+def shared_teacher_logits(cfg: RunConfig, teacher: torch.nn.Module, data: TaskData, device: torch.device,
+                          precision: str) -> distill.TeacherLogitCache:
+    """The FT teacher's logits for this run's training rows, from a file in the teacher's run folder.
+
+    Every student of a teacher (D, D+A and the eight pruned runs of a task) trains on the same rows or a
+    subset of them (training subsets are nested), so the teacher's forward pass over its own training rows
+    runs once, by whichever student comes first, instead of once per student. Rows are filled in
+    length-sorted batches in a fixed order, so the file does not depend on which student made it; rows a
+    student has beyond the teacher's are added in a second pass. The file sits in the teacher's folder:
+    a teacher made again (stale) takes its logits aside with it.
+    """
+    spec = teacher_of(run_spec(cfg))
+    path = run_dir(cfg.study, spec.run_id) / TEACHER_LOGITS_DIR / f"{precision}-len{cfg.study.max_seq_length}.safetensors"
+    meta = {"teacher_run": spec.run_id, "precision": precision, "max_seq_length": str(cfg.study.max_seq_length)}
+    cache = distill.TeacherLogitCache.load(path, meta) if path.exists() else None
+    rows = list(data.train["idx"])
+    if cache is not None and not cache.missing(rows):
+        return cache
+    if cache is None:
+        cache = distill.TeacherLogitCache(0, data.task.num_labels)
+        teacher_rows = prepare_data(cfg.other(spec.task, spec.scenario, spec.sparsity, spec.seed), data.tokenizer).train
+        _fill(cache, teacher, teacher_rows, data.tokenizer, cfg, device, precision)
+    extra = set(cache.missing(rows))
+    if extra:
+        _fill(cache, teacher, data.train.filter(lambda row: row["idx"] in extra), data.tokenizer, cfg, device, precision)
+    cache.save(path, meta)
+    return cache
+
+
+def _fill(cache: distill.TeacherLogitCache, teacher: torch.nn.Module, rows, tokenizer, cfg: RunConfig,
+          device: torch.device, precision: str) -> None:
+    loader = make_loader(sort_by_length(rows), tokenizer, cfg.study.training.eval_batch_size, False, 0)
+    with autocast(precision, device):  # the teacher's logits in the precision students train against
+        cache.fill(teacher, loader)
 
 
 def load_run_model(cfg: RunConfig, spec: RunSpec) -> torch.nn.Module:

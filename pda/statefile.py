@@ -10,14 +10,14 @@ are tagged so they come back as they were. ``save``/``load`` write and read the 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
-from pda.records import atomic_write_text
+from pda.records import atomic_write_bytes, atomic_write_text
 
 TENSOR, TUPLE, ITEMS = "__tensor__", "__tuple__", "__items__"  # markers in the skeleton
 
@@ -70,9 +70,7 @@ def save(value: Any, directory: Path, name: str, meta: dict[str, Any] | None = N
     both flushed to disk. Write into a fresh directory and rename it to make the pair atomic (``pda.resume``)."""
     directory = Path(directory)
     skeleton, tensors = flatten(value)
-    save_file(tensors, directory / f"{name}.safetensors")
-    with open(directory / f"{name}.safetensors", "rb") as handle:
-        os.fsync(handle.fileno())
+    atomic_write_bytes(directory / f"{name}.safetensors", safetensors_bytes(tensors))
     text = json.dumps({**(meta or {}), "tree": skeleton}, indent=1, allow_nan=True)
     atomic_write_text(directory / f"{name}.json", text + "\n")
 

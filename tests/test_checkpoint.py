@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import json
 from pathlib import Path
 
@@ -104,7 +105,7 @@ def test_crash_during_save_leaves_no_model_and_no_temp(tmp_path: Path, monkeypat
     def crash(*args: object, **kwargs: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(checkpoint, "save_file", crash)
+    monkeypatch.setattr(checkpoint, "safetensors_bytes", crash)
     with pytest.raises(OSError, match="disk full"):
         save_model(tiny_model(), tmp_path / "m")
     assert list(tmp_path.iterdir()) == []
@@ -135,3 +136,13 @@ def test_weights_bytes_is_the_size_save_model_writes(tmp_path) -> None:
     for model in (tiny_model(), adapted):
         save_model(model, tmp_path / "m")
         assert weights_bytes(model) == bytes_on_disk(tmp_path / "m")
+
+
+def test_saved_weights_get_the_mode_of_any_new_file(tmp_path: Path) -> None:
+    """safetensors' save_file makes 0600 files: a group sharing outputs/ could not load the models."""
+    old = os.umask(0o027)
+    try:
+        checkpoint.save_model(tiny_model(layers=1), tmp_path / "model")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "model" / checkpoint.WEIGHTS_NAME).stat().st_mode & 0o777 == 0o640

@@ -265,9 +265,23 @@ def test_teacher_logit_cache_matches_online_forward():
 def test_teacher_logit_cache_save_load(tmp_path):
     teacher = tiny_bert(layers=2, num_labels=3)
     cache = TeacherLogitCache(40, 3).fill(teacher, _loader())
-    cache.save(tmp_path / "logits.pt")
-    loaded = TeacherLogitCache.load(tmp_path / "logits.pt")
+    meta = {"teacher_run": "mrpc-FT-seed0", "precision": "bf16"}
+    cache.save(tmp_path / "logits.safetensors", meta)
+    loaded = TeacherLogitCache.load(tmp_path / "logits.safetensors", meta)
     torch.testing.assert_close(loaded.get(list(range(40))), cache.get(list(range(40))))
+    with pytest.raises(ValueError, match="precision"):
+        TeacherLogitCache.load(tmp_path / "logits.safetensors", {**meta, "precision": "fp32"})
+    assert [p.name for p in tmp_path.iterdir()] == ["logits.safetensors"]  # no temp file left
+
+
+def test_teacher_logit_cache_grows_and_names_missing_rows():
+    teacher = tiny_bert(layers=2, num_labels=3)
+    batches = list(_loader())
+    cache = TeacherLogitCache(0, 3).fill(teacher, batches[:1])
+    first = set(torch.as_tensor(batches[0]["idx"]).tolist())
+    assert cache.missing(range(45)) == [i for i in range(45) if i not in first]  # rows past the end too
+    cache.fill(teacher, batches[1:])
+    assert len(cache) == 40 and cache.missing(range(40)) == []
 
 
 def test_time_cache_vs_online_counts_one_fill_plus_lookups_against_every_online_epoch(monkeypatch):

@@ -133,3 +133,23 @@ def test_another_seed_gives_other_weights_in_every_scenario(make_params, tmp_pat
     trained = [k for k in states[0] if k in states[1] and states[0][k].shape == states[1][k].shape]
     assert trained and any(not torch.equal(states[0][k], states[1][k]) for k in trained)
     assert any(not torch.equal(states[0][k], states[1][k]) for k in trained if k.startswith("classifier."))
+
+
+def test_students_share_one_teacher_forward_pass_and_get_the_teachers_logits(tiny_study, monkeypatch):
+    """The first student of a teacher fills a logit file over the teacher's rows; the next ones only read it,
+    and what they read is the teacher's own output for each row."""
+    first = pipeline.run(config.for_run(tiny_study, "mrpc", "D", None, 0), with_dependencies=True)
+    files = list((run_dir(tiny_study, "mrpc-FT-seed0") / pipeline.TEACHER_LOGITS_DIR).iterdir())
+    assert [f.name for f in files] == ["fp32-len48.safetensors"] and first.run_id == "mrpc-D-seed0"
+    cfg = config.for_run(tiny_study, "mrpc", "P", 0.6, 0)
+    teacher = pipeline.load_run_model(cfg, pipeline.teacher_of(pipeline.run_spec(cfg)))
+    data = pipeline.prepare_data(cfg, pipeline.load_tokenizer(tiny_study.model))
+    forwards = []
+    monkeypatch.setattr(pipeline.distill, "teacher_logits", lambda *a: forwards.append(1))
+    cache = pipeline.shared_teacher_logits(cfg, teacher, data, torch.device("cpu"), "fp32")
+    assert forwards == []  # read, not recomputed
+    monkeypatch.undo()
+    loader = pipeline.make_loader(data.train, data.tokenizer, 8, False, 0)
+    for batch in loader:
+        torch.testing.assert_close(cache.get(batch["idx"]), pipeline.distill.teacher_logits(teacher, batch),
+                                   rtol=1e-4, atol=1e-4)
