@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from pda import analysis
-from pda.baselines import majority_main_metrics, majority_metrics
+from pda.baselines import MajorityBaseline, majority_baselines, majority_metrics
 from pda.records import RunRecord, write_record
 from pda.tasks import get_task
 
@@ -26,37 +26,68 @@ def test_majority_metrics_by_hand() -> None:
         majority_metrics(get_task("mrpc"), [], {"dev": [1]})
 
 
-def test_majority_main_metrics_on_the_shipped_data(glue_dir: Path) -> None:
-    got = majority_main_metrics(["mrpc", "sst2", "cola", "stsb"], str(glue_dir), online=False)
+def test_majority_baselines_on_the_shipped_data(glue_dir: Path) -> None:
+    got = majority_baselines(["mrpc", "sst2", "cola", "stsb"], str(glue_dir), online=False)
     # MRPC dev: 279 of 408 are paraphrases -> F1 = 2 * 279 / (408 + 279); SST-2 dev: 444 of 872 positive.
-    assert got["mrpc"] == pytest.approx(100 * 2 * 279 / (408 + 279), abs=1e-3)
-    assert got["sst2"] == pytest.approx(100 * 444 / 872, abs=1e-3)
-    assert got["cola"] == 0.0
+    assert got["mrpc"].main_metric == pytest.approx(100 * 2 * 279 / (408 + 279), abs=1e-3)
+    assert got["mrpc"].accuracy == pytest.approx(100 * 279 / 408, abs=1e-3) and got["mrpc"].dev_examples == 408
+    assert got["sst2"].main_metric == pytest.approx(100 * 444 / 872, abs=1e-3) and got["sst2"].dev_examples == 872
+    assert got["cola"].main_metric == 0.0
     assert "stsb" not in got
 
 
-def record(run_id: str, task: str, scenario: str, value: float, sparsity: float | None = None) -> RunRecord:
+def record(run_id: str, task: str, scenario: str, accuracy: float, sparsity: float | None = None) -> RunRecord:
     return RunRecord(run_id=run_id, task=task, scenario=scenario, prune=sparsity is not None, distill="D" in scenario,
                      adapters="A" in scenario.replace("base", ""), sparsity=sparsity, seed=0, model="m",
-                     main_metric="f1", main_metric_value=value, metrics={"f1": value})
+                     main_metric="f1", main_metric_value=accuracy + 10, metrics={"accuracy": accuracy, "f1": accuracy + 10})
 
 
-def test_collapse_table_flags_runs_at_the_majority_class(tmp_path: Path) -> None:
-    runs = [record("mrpc-FT", "mrpc", "FT", 87.0), record("mrpc-P60", "mrpc", "P", 84.0, 0.6),
-            record("mrpc-P90", "mrpc", "P", 81.6, 0.9), record("mrpc-D", "mrpc", "D", 80.0),
-            record("rte-FT", "rte", "FT", 53.5), record("rte-P60", "rte", "P", 52.7, 0.6)]
+# 100 dev examples, half of them the majority class. By hand: P(X >= 60 | n=100, p=1/2) = 0.028 and
+# P(X >= 58) = 0.067, so 60 right is significantly above the majority class and 58 is not.
+COIN = MajorityBaseline(main_metric=66.7, accuracy=50.0, dev_examples=100)
+
+
+def test_p_above_majority_is_the_exact_one_sided_binomial_tail() -> None:
+    assert analysis.collapse.p_above_majority(60.0, COIN) == pytest.approx(0.0284, abs=1e-4)
+    assert analysis.collapse.p_above_majority(58.0, COIN) == pytest.approx(0.0666, abs=1e-4)
+    assert analysis.collapse.p_above_majority(50.0, COIN) > 0.5
+
+
+def test_collapse_table_flags_runs_not_significantly_above_the_majority_class(tmp_path: Path) -> None:
+    runs = [record("mrpc-FT", "mrpc", "FT", 70.0), record("mrpc-P60", "mrpc", "P", 60.0, 0.6),
+            record("mrpc-P90", "mrpc", "P", 58.0, 0.9), record("mrpc-D", "mrpc", "D", 45.0),
+            record("rte-FT", "rte", "FT", 58.0), record("rte-P60", "rte", "P", 70.0, 0.6)]
     frame = analysis.records_frame(runs)
-    table = analysis.collapse_table(frame, {"mrpc": 81.2, "rte": 52.7})
+    majority = {"mrpc": COIN, "rte": COIN}
+    table = analysis.collapse_table(frame, majority)
     verdict = dict(zip(table["run"], table["collapsed to the majority class"]))
-    assert verdict == {"mrpc-P60": "no", "mrpc-P90": "yes", "mrpc-D": "yes",  # 0.4 above, and below, the floor
-                       "rte-P60": "teacher not above the majority class"}  # 53.5 is not 2 points above 52.7
+    assert verdict == {"mrpc-P60": "no", "mrpc-P90": "yes", "mrpc-D": "yes",  # p = 0.028, 0.067, below the class
+                       "rte-P60": "teacher not above the majority class (p = 0.07)"}  # the teacher's 58 is not
     assert "mrpc-FT" not in verdict  # the teacher is the reference, not a candidate
     assert list(table["run"]) == ["mrpc-D", "mrpc-P60", "mrpc-P90", "rte-P60"]  # the paper's task and recipe order
     assert analysis.collapse_table(frame, {}).empty
 
     for r in runs:
         write_record(r, tmp_path / "runs" / r.run_id)
-    report = analysis.write_report(tmp_path / "runs", tmp_path / "report.md", majority={"mrpc": 81.2, "rte": 52.7})
+    report = analysis.write_report(tmp_path / "runs", tmp_path / "report.md", majority=majority)
     text = report.read_text()
     assert "## Runs at the majority class" in text and "2 of 4 run(s) other than FT collapsed: `mrpc-D`, `mrpc-P90`" in text
     assert "majority class" not in analysis.write_report(tmp_path / "runs", tmp_path / "plain.md").read_text()
+
+
+def test_cola_is_tested_on_matthews_not_on_accuracy() -> None:
+    """CoLA's majority class is right on 69 % of dev: a run with MCC 0.22 can sit near that accuracy and still
+    have learned. Under independence z = MCC * sqrt(n): 0.10 * sqrt(400) = 2, p = 0.0228 by hand."""
+    assert analysis.collapse.p_positive_matthews(10.0, 400) == pytest.approx(0.02275, abs=1e-4)
+    cola = MajorityBaseline(main_metric=0.0, accuracy=69.0, dev_examples=400)
+
+    def run(run_id: str, scenario: str, matthews: float, sparsity: float | None = None) -> RunRecord:
+        return RunRecord(run_id=run_id, task="cola", scenario=scenario, prune=sparsity is not None, distill=False,
+                         adapters=False, sparsity=sparsity, seed=0, model="m", main_metric="matthews",
+                         main_metric_value=matthews, metrics={"matthews": matthews, "accuracy": 68.0})
+
+    frame = analysis.records_frame([run("cola-FT", "FT", 25.0), run("cola-P60", "P", 10.0, 0.6),
+                                    run("cola-P90", "P", 5.0, 0.9)])
+    table = analysis.collapse_table(frame, {"cola": cola})
+    assert dict(zip(table["run"], table["collapsed to the majority class"])) == {"cola-P60": "no", "cola-P90": "yes"}
+    assert set(table["tested"]) == {"matthews"}  # all three are below the majority class's accuracy

@@ -1,36 +1,87 @@
-"""Did a run learn anything? Its main metric next to the majority-class baseline and its teacher's."""
+"""Did a run learn anything? A one-sided test of its dev score against always predicting the majority class.
+
+A fixed margin on the main metric cannot tell: on MRPC, F1 flatters the constant "paraphrase"
+(81.2) so a run that learned is within a point of it, and on RTE's 277 dev examples three points of
+accuracy are noise. Two tests, both against "no better than a constant prediction":
+
+- accuracy (every classification task but CoLA): exact binomial. If the run were right on each dev
+  example with the majority class's accuracy, how likely would it be right this often?
+- Matthews correlation (CoLA, whose majority class is 69 % of dev and scores 0): a constant or
+  label-blind prediction has MCC 0, and n * MCC^2 is then chi-square with one degree of freedom,
+  so z = MCC * sqrt(n).
+
+A run that is not significantly better (p >= ``ALPHA``) has collapsed, on a task whose FT teacher is
+significantly better (otherwise the task is not learned at this budget, and the table says so).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
 import pandas as pd
+from scipy.stats import binomtest, norm
 
 from pda.analysis.frame import recipe_label, sort_recipes
-from pda.analysis.tables import NOT_MEASURED
 from pda.analysis.values import is_missing
+from pda.baselines import MajorityBaseline
 
-MARGIN = 1.0  # points: a run this close to the majority class (or below it) has collapsed
+ALPHA = 0.05  # one-sided significance level of "above the majority class"
+VERDICT = "collapsed to the majority class"
+NOT_LEARNED = "teacher not above the majority class"
 
 
-def collapse_table(frame: pd.DataFrame, majority: Mapping[str, float], margin: float = MARGIN) -> pd.DataFrame:
-    """One row per run other than FT on a task with a majority baseline: 'collapsed' is yes when the run
-    is within ``margin`` points of the majority class (or below) while its task's FT teacher beats that
-    class by more than ``2 * margin`` points (otherwise the task itself is not learned, and it says so)."""
+def p_above_majority(accuracy: float, baseline: MajorityBaseline) -> float:
+    """P(at least this many dev examples right | each right with the majority class's accuracy), exact binomial."""
+    n = baseline.dev_examples
+    right = round(accuracy / 100 * n)
+    return float(binomtest(right, n, baseline.accuracy / 100, alternative="greater").pvalue)
+
+
+def p_positive_matthews(matthews: float, dev_examples: int) -> float:
+    """P(MCC at least this high | predictions independent of the labels): z = MCC * sqrt(n), one-sided."""
+    return float(norm.sf(matthews / 100 * dev_examples ** 0.5))
+
+
+def tested_score(row: pd.Series) -> tuple[str, float] | None:
+    """('matthews', MCC) when the run's main metric is Matthews, else ('accuracy', dev accuracy; MNLI: matched);
+    None if the record has neither."""
+    columns = ("metric_matthews",) if row.get("main_metric") == "matthews" else ("metric_accuracy", "metric_accuracy_m")
+    for column in columns:
+        if column in row.index and not is_missing(row[column]):
+            return column.removeprefix("metric_").removesuffix("_m"), float(row[column])
+    return None
+
+
+def p_value(kind: str, value: float, baseline: MajorityBaseline) -> float:
+    return (p_positive_matthews(value, baseline.dev_examples) if kind == "matthews"
+            else p_above_majority(value, baseline))
+
+
+def collapse_table(frame: pd.DataFrame, majority: Mapping[str, MajorityBaseline], alpha: float = ALPHA) -> pd.DataFrame:
+    """One row per run other than FT on a task with a majority baseline: 'yes' when it is not significantly
+    better than a constant prediction (p >= ``alpha``, see the module) while its task's FT teacher (mean
+    over seeds) is."""
     rows = []
-    teachers = frame[frame["scenario"] == "FT"].groupby("task")["main_metric_value"].mean()
     for _, r in sort_recipes(frame).iterrows():
-        if r["scenario"] == "FT" or r["task"] not in majority or is_missing(r["main_metric_value"]):
+        tested = tested_score(r)
+        if r["scenario"] == "FT" or r["task"] not in majority or tested is None:
             continue
-        floor, teacher = majority[r["task"]], teachers.get(r["task"])
-        learned = teacher is not None and teacher - floor > 2 * margin
-        at_floor = r["main_metric_value"] <= floor + margin
-        verdict = ("yes" if at_floor else "no") if learned else "teacher not above the majority class"
+        kind, value = tested
+        base = majority[r["task"]]
+        teachers = frame[(frame["scenario"] == "FT") & (frame["task"] == r["task"])].apply(tested_score, axis=1)
+        teacher_values = [t[1] for t in teachers if t is not None and t[0] == kind]
+        teacher = sum(teacher_values) / len(teacher_values) if teacher_values else None
+        teacher_p = None if teacher is None else p_value(kind, teacher, base)
+        p = p_value(kind, value, base)
+        if teacher_p is not None and teacher_p < alpha:
+            verdict = "yes" if p >= alpha else "no"
+        else:
+            verdict = NOT_LEARNED + ("" if teacher_p is None else f" (p = {teacher_p:.2f})")
         rows.append({
             "run": r["run_id"], "task": r["task"], "recipe": recipe_label(r["scenario"], r["sparsity"]),
-            "main metric": r["main_metric"], "run (%)": f"{r['main_metric_value']:.2f}",
-            "majority class (%)": f"{floor:.2f}",
-            "FT teacher (%)": NOT_MEASURED if teacher is None else f"{teacher:.2f}",
-            "collapsed to the majority class": verdict,
+            "main metric": f"{r['main_metric']} {r['main_metric_value']:.2f}", "tested": kind,
+            "run (%)": f"{value:.2f}", "constant prediction (%)": f"{0.0 if kind == 'matthews' else base.accuracy:.2f}",
+            "dev examples": base.dev_examples, "p (better than constant)": f"{p:.3f}",
+            "FT teacher (%)": "—" if teacher is None else f"{teacher:.2f}", VERDICT: verdict,
         })
     return pd.DataFrame(rows)

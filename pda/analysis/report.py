@@ -8,7 +8,8 @@ from typing import Mapping, Sequence
 
 from pda.analysis.carbon import carbon_statement
 from pda.analysis.claims import claims
-from pda.analysis.collapse import MARGIN, collapse_table
+from pda.analysis.collapse import ALPHA, VERDICT, collapse_table
+from pda.baselines import MajorityBaseline
 from pda.analysis.frame import aggregate, records_frame
 from pda.analysis.quantized import with_quantized
 from pda.analysis.recommendations import recommendations
@@ -37,10 +38,10 @@ def _relative(path: Path, start: Path) -> str:
 
 
 def write_report(records_dir: Path, out_path: Path, figures: Sequence[Path] = (), tolerance: float = 1.0,
-                 loose_tolerance: float | None = 5.0, majority: Mapping[str, float] | None = None) -> Path:
+                 loose_tolerance: float | None = 5.0, majority: Mapping[str, MajorityBaseline] | None = None) -> Path:
     """Write the markdown report atomically; ``figures`` (already drawn, e.g. by
     ``pda.plots.save_all_figures``) are linked relative to the report; ``majority`` (task -> the
-    majority-class main metric, ``pda.baselines.majority_main_metrics``) adds the collapse check."""
+    majority-class baseline, ``pda.baselines.majority_baselines``) adds the collapse check."""
     records = read_all_records(Path(records_dir))
     frame = records_frame(records)
     agg = aggregate(frame)
@@ -70,12 +71,12 @@ def write_report(records_dir: Path, out_path: Path, figures: Sequence[Path] = ()
         if majority:
             collapsed = collapse_table(frame, majority)
             if not collapsed.empty:
-                bad = collapsed[collapsed["collapsed to the majority class"] == "yes"]
+                bad = collapsed[collapsed[VERDICT] == "yes"]
                 parts += [
                     "## Runs at the majority class", "",
-                    f"A run within {MARGIN:g} point of what always predicting the training set's majority class "
-                    f"scores on the dev set (or below it) has collapsed, on a task whose FT teacher beats that class "
-                    f"by more than {2 * MARGIN:g} points. {len(bad)} of {len(collapsed)} run(s) other than FT "
+                    "A run whose dev accuracy is not significantly above what always predicting the training set's "
+                    f"majority class scores (one-sided exact binomial test, p ≥ {ALPHA:g}) has collapsed, on a task "
+                    f"whose FT teacher is significantly above it. {len(bad)} of {len(collapsed)} run(s) other than FT "
                     "collapsed" + (": " + ", ".join(f"`{r}`" for r in bad["run"]) if len(bad) else "") + ".", "",
                     markdown_table(collapsed), "",
                 ]
