@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import tempfile
 import time
 from contextlib import nullcontext
@@ -263,6 +264,7 @@ def run(cfg: RunConfig, with_dependencies: bool = False) -> RunRecord:
     spec = run_spec(cfg)
     out = run_dir(study, spec.run_id)
     out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out / TEACHER_LOGITS_DIR, ignore_errors=True)  # an earlier model's, if this folder held one
     checkpoints = resume.Checkpointer(out / resume.CHECKPOINT_DIR, run_fingerprint, study.checkpoint_every_minutes)
     opened = checkpoints.open()  # an earlier attempt's checkpoint of this run, if its inputs were the same
     if opened:

@@ -153,3 +153,14 @@ def test_students_share_one_teacher_forward_pass_and_get_the_teachers_logits(tin
     for batch in loader:
         torch.testing.assert_close(cache.get(batch["idx"]), pipeline.distill.teacher_logits(teacher, batch),
                                    rtol=1e-4, atol=1e-4)
+
+
+def test_a_run_made_again_in_its_folder_drops_the_logits_of_the_model_it_replaces(tiny_study):
+    cfg = config.for_run(tiny_study, "rte", "FT", None, 0)
+    pipeline.run(cfg)
+    old = run_dir(tiny_study, "rte-FT-seed0") / pipeline.TEACHER_LOGITS_DIR / "fp32-len48.safetensors"
+    old.parent.mkdir()
+    old.write_bytes(b"logits of the previous teacher")
+    (run_dir(tiny_study, "rte-FT-seed0") / "result.json").unlink()  # made again, e.g. after a manual clean-up
+    pipeline.run(cfg)
+    assert not old.parent.exists()
