@@ -54,10 +54,14 @@ def test_step_estimates_match_hand_computation(glue_dir):
     est = estimate_run(paper, RunSpec("mrpc", "P+D+A", 0.9, 0))
     assert (est.train_rows, est.batches_per_epoch, est.train_steps) == (3668, 115, 115 * 100 + 115 * 20)
     # MNLI is GLUE high: 20 epochs of ceil(392702 / 32) = 12272 batches, evaluated every 500 steps
-    # on both dev splits (9815 + 9832 rows), a forward pass costing a third of a training step.
+    # on both dev splits (9815 + 9832 rows), a forward pass costing a third of a training step; plus,
+    # once per teacher, its logits over its 392,702 training rows, which all its students share.
     est = estimate_run(paper, RunSpec("mnli", "FT", None, 0))
     assert est.train_steps == 12272 * 20 == 245440
-    assert est.forward_equivalents == pytest.approx((245440 - 1) // 500 * (9815 + 9832) * FORWARD_COST / 32)
+    evals = (245440 - 1) // 500 * (9815 + 9832)
+    assert est.forward_equivalents == pytest.approx((evals + 392702) * FORWARD_COST / 32)
+    d = estimate_run(paper, RunSpec("mnli", "D", None, 0))
+    assert d.forward_equivalents == pytest.approx((d.train_steps - 1) // 500 * (9815 + 9832) * FORWARD_COST / 32)
     smoke = load_params(ROOT / "parameters" / "smoke.yaml", data_dir=str(glue_dir))
     assert estimate_run(smoke, RunSpec("mrpc", "P", 0.6, 0)).train_steps == (64 // 16) * (2 + 1)
     default = ROOT / "parameters" / "default.yaml"
