@@ -74,9 +74,10 @@ def write_report(records_dir: Path, out_path: Path, figures: Sequence[Path] = ()
                 bad = collapsed[collapsed[VERDICT] == "yes"]
                 parts += [
                     "## Runs at the majority class", "",
-                    "A run whose dev accuracy is not significantly above what always predicting the training set's "
-                    f"majority class scores (one-sided exact binomial test, p ≥ {ALPHA:g}) has collapsed, on a task "
-                    f"whose FT teacher is significantly above it. {len(bad)} of {len(collapsed)} run(s) other than FT "
+                    "A run that is not significantly better than always predicting the training set's majority class "
+                    f"(one-sided, p ≥ {ALPHA:g}: an exact binomial test of its dev accuracy against the majority "
+                    "class's; for a task scored by Matthews correlation, such as CoLA, z = MCC·√n) has collapsed, on a "
+                    f"task whose FT teacher is significantly better. {len(bad)} of {len(collapsed)} run(s) other than FT "
                     "collapsed" + (": " + ", ".join(f"`{r}`" for r in bad["run"]) if len(bad) else "") + ".", "",
                     markdown_table(collapsed), "",
                 ]
