@@ -91,3 +91,25 @@ def test_cola_is_tested_on_matthews_not_on_accuracy() -> None:
     table = analysis.collapse_table(frame, {"cola": cola})
     assert dict(zip(table["run"], table["collapsed to the majority class"])) == {"cola-P60": "no", "cola-P90": "yes"}
     assert set(table["tested"]) == {"matthews"}  # all three are below the majority class's accuracy
+
+
+def test_a_collapsed_recipe_is_never_recommended_even_with_the_better_main_metric() -> None:
+    """MRPC-like: P 90 % has the higher F1 (75 against 70) but only 58 right of 100 against the majority
+    class's 50 (p = 0.067): with the collapse check, 'keep accuracy' picks P 60 % instead."""
+    def run(run_id: str, scenario: str, accuracy: float, f1: float, sparsity: float | None = None) -> RunRecord:
+        return RunRecord(run_id=run_id, task="mrpc", scenario=scenario, prune=sparsity is not None, distill=False,
+                         adapters=False, sparsity=sparsity, seed=0, model="m", main_metric="f1",
+                         main_metric_value=f1, metrics={"accuracy": accuracy, "f1": f1})
+
+    frame = analysis.records_frame([run("mrpc-FT", "FT", 70.0, 80.0), run("mrpc-P60", "P", 60.0, 70.0, 0.6),
+                                    run("mrpc-P90", "P", 58.0, 75.0, 0.9)])
+    collapsed = analysis.collapsed_recipes(frame, {"mrpc": COIN})
+    assert collapsed == {("mrpc", "P 90%")}
+    agg = analysis.aggregate(frame)
+
+    def keep_accuracy(**kwargs) -> str:
+        table = analysis.recommendations(agg, tolerance=10.0, **kwargs)
+        return table[table["priority"].str.startswith("keep accuracy")]["recipe"].item()
+
+    assert keep_accuracy() == "P 90%"
+    assert keep_accuracy(collapsed=collapsed) == "P 60%"

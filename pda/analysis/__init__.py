@@ -7,7 +7,7 @@ what ``figure_data`` computed.
 """
 
 from pda.analysis.carbon import carbon_statement, energy_is_estimated
-from pda.analysis.collapse import collapse_table
+from pda.analysis.collapse import collapse_table, collapsed_recipes
 from pda.analysis.claims import ADAPTER_PAIRS, NOT_TESTED, claims, verdict_kind
 from pda.analysis.figures import FigureData, figure_data, pareto_front
 from pda.analysis.frame import (
@@ -27,7 +27,7 @@ from pda.analysis.values import is_missing
 __all__ = [
     "ADAPTER_PAIRS", "GROUP_KEYS", "NOT_APPLICABLE", "NOT_MEASURED", "NOT_TESTED", "RECIPE_KEYS", "SCENARIO_ORDER",
     "SURVIVAL_COLUMNS", "TASK_GROUPS", "FigureData", "Priority", "accuracy_table", "aggregate", "batch_sizes",
-    "carbon_statement", "claims", "collapse_table", "efficiency_table", "energy_is_estimated", "figure_data", "is_missing",
+    "carbon_statement", "claims", "collapse_table", "collapsed_recipes", "efficiency_table", "energy_is_estimated", "figure_data", "is_missing",
     "markdown_table", "mean_std", "pareto_front", "priorities", "recipe_label", "recipe_sort_key",
     "recommendation_table", "recommendations", "records_frame", "runs_table", "structure_summary",
     "survival_matrix", "task_sort_key", "verdict_kind", "with_quantized", "quantized_rows", "write_report",

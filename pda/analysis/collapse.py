@@ -85,3 +85,14 @@ def collapse_table(frame: pd.DataFrame, majority: Mapping[str, MajorityBaseline]
             "FT teacher (%)": "—" if teacher is None else f"{teacher:.2f}", VERDICT: verdict,
         })
     return pd.DataFrame(rows)
+
+
+def collapsed_recipes(frame: pd.DataFrame, majority: Mapping[str, MajorityBaseline],
+                      alpha: float = ALPHA) -> set[tuple[str, str]]:
+    """(task, recipe label) of the recipes that collapsed in more than half of their runs (seeds): the
+    recommendations leave them, and their INT8 variants, out."""
+    table = collapse_table(frame, majority, alpha)
+    if table.empty:
+        return set()
+    share = (table[VERDICT] == "yes").groupby([table["task"], table["recipe"]]).mean()
+    return {key for key, value in share.items() if value > 0.5}

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Collection
 from typing import Any
 
 import pandas as pd
 
 from pda.analysis.frame import as_aggregate, batch_sizes, task_sort_key
+from pda.analysis.quantized import SUFFIX
 from pda.analysis.tables import mean_std
 from pda.analysis.values import value_of
 
@@ -47,14 +49,17 @@ def eligible_recipes(task_rows: pd.DataFrame, ft_mean: float, tolerance: float) 
     return eligible
 
 
-def recommendations(data: pd.DataFrame, tolerance: float = 1.0) -> pd.DataFrame:
+def recommendations(data: pd.DataFrame, tolerance: float = 1.0,
+                    collapsed: Collection[tuple[str, str]] = ()) -> pd.DataFrame:
     """Best recipe (scenario + sparsity) per task for "keep accuracy" and each of ``priorities``.
 
     Eligible recipes on a task are those whose mean main metric is >= FT's mean on that task
     minus ``tolerance`` points and, when a ``base`` run exists, strictly above the base (linear
     probe) mean, so a model collapsed to the majority class never wins on size or speed (with
-    F1 as MRPC's metric, predicting "paraphrase" everywhere scores 81.2). FT itself is
-    eligible. Among eligible recipes:
+    F1 as MRPC's metric, predicting "paraphrase" everywhere scores 81.2), and none of
+    ``collapsed`` (``(task, recipe)`` pairs, ``analysis.collapsed_recipes``: not significantly
+    better than the majority class) nor their INT8 variants. FT itself is eligible. Among
+    eligible recipes:
 
     - keep accuracy: the non-FT recipe with the highest mean metric; if no non-FT recipe is
       eligible, FT is recommended and the note names the best other recipe and its gap;
@@ -79,6 +84,7 @@ def recommendations(data: pd.DataFrame, tolerance: float = 1.0) -> pd.DataFrame:
             continue
         ft_mean = value_of(ft.iloc[0], "main_metric_value_mean")
         eligible = eligible_recipes(task_rows, ft_mean, tolerance)
+        eligible = eligible[[(task, str(r).removesuffix(" " + SUFFIX)) not in collapsed for r in eligible["recipe"]]]
         rows.append(_keep_accuracy(task, task_rows, eligible, ft.iloc[0], ft_mean, tolerance, ranked))
         rows += [_pick(task, p, eligible, ft_mean, ranked) for p in ranked]
     return pd.DataFrame(rows, columns=columns)

@@ -8,7 +8,7 @@ from typing import Mapping, Sequence
 
 from pda.analysis.carbon import carbon_statement
 from pda.analysis.claims import claims
-from pda.analysis.collapse import ALPHA, VERDICT, collapse_table
+from pda.analysis.collapse import ALPHA, VERDICT, collapse_table, collapsed_recipes
 from pda.baselines import MajorityBaseline
 from pda.analysis.frame import aggregate, records_frame
 from pda.analysis.quantized import with_quantized
@@ -46,6 +46,7 @@ def write_report(records_dir: Path, out_path: Path, figures: Sequence[Path] = ()
     frame = records_frame(records)
     agg = aggregate(frame)
     with_q = aggregate(with_quantized(frame))  # every recipe next to its INT8 variant (+Q)
+    not_learned = collapsed_recipes(frame, majority) if majority else set()  # never recommended
     out_path = Path(out_path)
     parts = [
         "# PDA results report", "",
@@ -60,13 +61,13 @@ def write_report(records_dir: Path, out_path: Path, figures: Sequence[Path] = ()
             "## Main metric per task", "", QUANTIZED, "", markdown_table(accuracy_table(with_q)), "",
             "## Size, speed and energy per recipe (mean over tasks)", "", markdown_table(efficiency_table(with_q)), "",
             f"## Recommendations (accuracy tolerance {tolerance:g} point(s))", "", RULES, "",
-            markdown_table(recommendation_table(recommendations(with_q, tolerance))), "",
+            markdown_table(recommendation_table(recommendations(with_q, tolerance, not_learned))), "",
         ]
         if loose_tolerance is not None:
             parts += [
                 f"## Recommendations when up to {loose_tolerance:g} points of the main metric may be traded", "",
                 "The same rules with a looser tolerance: what each priority buys when some accuracy can be spent.",
-                "", markdown_table(recommendation_table(recommendations(with_q, loose_tolerance))), "",
+                "", markdown_table(recommendation_table(recommendations(with_q, loose_tolerance, not_learned))), "",
             ]
         if majority:
             collapsed = collapse_table(frame, majority)
