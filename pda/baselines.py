@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pda.data import load_split, locate_task
+from pda.data import load_split, locate_task, subsample
 from pda.metrics import task_metrics
 from pda.tasks import TaskSpec, get_task
 
@@ -38,8 +38,10 @@ class MajorityBaseline:
     dev_examples: int  # what a test of "better than this" has to go on
 
 
-def majority_baselines(tasks: Sequence[str], data_dir: str | None, online: bool) -> dict[str, MajorityBaseline]:
-    """Task -> its majority-class baseline, for every classification task found."""
+def majority_baselines(tasks: Sequence[str], data_dir: str | None, online: bool, max_eval_samples: int | None = None,
+                       data_seed: int = 0) -> dict[str, MajorityBaseline]:
+    """Task -> its majority-class baseline, for every classification task found, scored on the dev rows the
+    runs are scored on (``max_eval_samples`` and ``data_seed`` as in the study)."""
     out: dict[str, MajorityBaseline] = {}
     for name in tasks:
         task = get_task(name)
@@ -47,7 +49,8 @@ def majority_baselines(tasks: Sequence[str], data_dir: str | None, online: bool)
             continue
         source = locate_task(task, data_dir, online)
         train = list(load_split(task, "train", source)["label"])
-        dev = {split: list(load_split(task, split, source)["label"]) for split in task.dev_splits}
+        dev = {split: list(subsample(load_split(task, split, source), max_eval_samples, data_seed)["label"])
+               for split in task.dev_splits}
         metrics = majority_metrics(task, train, dev)
         value = metrics.get(task.main_metric)
         first = task.dev_splits[0]  # MNLI: matched, as the runs' accuracy the collapse test reads

@@ -113,3 +113,12 @@ def test_a_collapsed_recipe_is_never_recommended_even_with_the_better_main_metri
 
     assert keep_accuracy() == "P 90%"
     assert keep_accuracy(collapsed=collapsed) == "P 60%"
+
+
+def test_majority_baseline_is_scored_on_the_dev_rows_the_runs_are_scored_on(glue_dir: Path) -> None:
+    from pda.data import load_split, locate_task, subsample
+
+    got = majority_baselines(["mrpc"], str(glue_dir), online=False, max_eval_samples=64, data_seed=3)["mrpc"]
+    rows = subsample(load_split(get_task("mrpc"), "dev", locate_task(get_task("mrpc"), str(glue_dir), False)), 64, 3)
+    assert got.dev_examples == 64
+    assert got.accuracy == pytest.approx(100 * sum(rows["label"]) / 64)  # the majority class is 1, "paraphrase"
