@@ -188,6 +188,11 @@ class RunConfig:
         return SCENARIOS[self.scenario]
 
     @property
+    def uses_teacher_loss(self) -> bool:
+        """D scenarios distil from the FT teacher; P ones too with ``pruning.distill_from_teacher`` (as CoFi does)."""
+        return self.flags["distill"] or (self.flags["prune"] and self.study.pruning.distill_from_teacher)
+
+    @property
     def finetune_learning_rate(self) -> float | None:
         """The pruned model's fine-tune rate when ``pruning.finetune_learning_rate`` applies to this run
         (P, P+D); None otherwise: adapter scenarios, and runs that do not set it, keep their own rate."""

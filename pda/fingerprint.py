@@ -106,13 +106,13 @@ def run_settings(cfg: RunConfig) -> dict[str, Any]:
 
     ``adapters`` is read by adapter scenarios and by ``base`` (its linear probe trains at the adapter
     learning rate); ``pruning`` by P scenarios; ``distill`` by D scenarios, and by P ones that distil from the teacher
-    (``pda.pipeline.uses_teacher_loss``).
+    (``RunConfig.uses_teacher_loss``).
     """
     out = settings(cfg.study)
     flags = cfg.flags
     if not flags["prune"]:
         out.pop("pruning")
-    if not (flags["distill"] or (flags["prune"] and cfg.study.pruning.distill_from_teacher)):
+    if not cfg.uses_teacher_loss:
         out.pop("distill")
     if not (flags["adapters"] or cfg.scenario == "base"):
         out.pop("adapters")

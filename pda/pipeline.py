@@ -194,16 +194,11 @@ def run_spec(cfg: RunConfig) -> RunSpec:
     return RunSpec(cfg.task, cfg.scenario, cfg.sparsity, cfg.seed)
 
 
-def uses_teacher_loss(cfg: RunConfig) -> bool:
-    """D scenarios distil from the FT teacher; P ones too with ``pruning.distill_from_teacher`` (as CoFi does)."""
-    return cfg.flags["distill"] or (cfg.flags["prune"] and cfg.study.pruning.distill_from_teacher)
-
-
 def build_model(cfg: RunConfig, data: TaskData) -> tuple[torch.nn.Module, torch.nn.Module | None, float]:
     """The model this scenario trains, the teacher it distils from (or None), and its learning rate."""
     flags, study, spec = cfg.flags, cfg.study, run_spec(cfg)
     teacher = None
-    if uses_teacher_loss(cfg):
+    if cfg.uses_teacher_loss:
         teacher = load_run_model(cfg, teacher_of(spec))
         teacher.eval().requires_grad_(False)
     if flags["prune"] and flags["distill"]:

@@ -88,12 +88,6 @@ def evals_during(steps: int, every: int) -> int:
     return (steps - 1) // every if every and steps else 0
 
 
-def students_use_teacher(cfg: StudyConfig) -> bool:
-    """Does any scenario of the study train on the FT teacher's logits (D ones; P ones that distil from it)?"""
-    return any(SCENARIOS[s]["distill"] or (SCENARIOS[s]["prune"] and cfg.pruning.distill_from_teacher)
-               for s in cfg.scenarios)
-
-
 def estimate_run(cfg: StudyConfig, spec: RunSpec) -> RunEstimate:
     run = for_run(cfg, spec.task, spec.scenario, spec.sparsity, spec.seed)
     study, task, flags = run.study, get_task(spec.task), SCENARIOS[spec.scenario]
@@ -103,7 +97,9 @@ def estimate_run(cfg: StudyConfig, spec: RunSpec) -> RunEstimate:
     phases = ([study.pruning.epochs, study.pruning.finetune_epochs] if flags["prune"] else [t.epochs])
     steps = [fit_steps(batches, e) for e in phases]
     forward_rows = sum(evals_during(s, t.eval_every_steps) for s in steps) * dev_rows(task, study.max_eval_samples)
-    if spec.scenario == "FT" and study.distill.cache_teacher_logits and students_use_teacher(cfg):
+    students = (for_run(cfg, spec.task, s, sp if SCENARIOS[s]["prune"] else None, spec.seed)
+                for s in cfg.scenarios for sp in cfg.sparsities)
+    if spec.scenario == "FT" and study.distill.cache_teacher_logits and any(r.uses_teacher_loss for r in students):
         forward_rows += rows  # its logits over its train set: once, by its first student (pipeline.shared_teacher_logits)
     return RunEstimate(spec, rows, t.batch_size, batches, sum(steps), forward_rows * FORWARD_COST / t.batch_size)
 

@@ -103,7 +103,7 @@ def test_a_collapsed_recipe_is_never_recommended_even_with_the_better_main_metri
 
     frame = analysis.records_frame([run("mrpc-FT", "FT", 70.0, 80.0), run("mrpc-P60", "P", 60.0, 70.0, 0.6),
                                     run("mrpc-P90", "P", 58.0, 75.0, 0.9)])
-    collapsed = analysis.collapsed_recipes(frame, {"mrpc": COIN})
+    collapsed = analysis.collapsed_recipes(analysis.collapse_table(frame, {"mrpc": COIN}))
     assert collapsed == {("mrpc", "P 90%")}
     agg = analysis.aggregate(frame)
 

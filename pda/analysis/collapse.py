@@ -61,6 +61,10 @@ def collapse_table(frame: pd.DataFrame, majority: Mapping[str, MajorityBaseline]
     """One row per run other than FT on a task with a majority baseline: 'yes' when it is not significantly
     better than a constant prediction (p >= ``alpha``, see the module) while its task's FT teacher (mean
     over seeds) is."""
+    teachers: dict[tuple[str, str], list[float]] = {}  # (task, tested score) -> the FT runs' values, one per seed
+    for _, r in frame[frame["scenario"] == "FT"].iterrows():
+        if (tested := tested_score(r)) is not None:
+            teachers.setdefault((r["task"], tested[0]), []).append(tested[1])
     rows = []
     for _, r in sort_recipes(frame).iterrows():
         tested = tested_score(r)
@@ -68,8 +72,7 @@ def collapse_table(frame: pd.DataFrame, majority: Mapping[str, MajorityBaseline]
             continue
         kind, value = tested
         base = majority[r["task"]]
-        teachers = frame[(frame["scenario"] == "FT") & (frame["task"] == r["task"])].apply(tested_score, axis=1)
-        teacher_values = [t[1] for t in teachers if t is not None and t[0] == kind]
+        teacher_values = teachers.get((r["task"], kind))
         teacher = sum(teacher_values) / len(teacher_values) if teacher_values else None
         teacher_p = None if teacher is None else p_value(kind, teacher, base)
         p = p_value(kind, value, base)
@@ -87,11 +90,9 @@ def collapse_table(frame: pd.DataFrame, majority: Mapping[str, MajorityBaseline]
     return pd.DataFrame(rows)
 
 
-def collapsed_recipes(frame: pd.DataFrame, majority: Mapping[str, MajorityBaseline],
-                      alpha: float = ALPHA) -> set[tuple[str, str]]:
-    """(task, recipe label) of the recipes that collapsed in more than half of their runs (seeds): the
-    recommendations leave them, and their INT8 variants, out."""
-    table = collapse_table(frame, majority, alpha)
+def collapsed_recipes(table: pd.DataFrame) -> set[tuple[str, str]]:
+    """(task, recipe label) of the recipes that collapsed in more than half of their runs (seeds) in a
+    ``collapse_table``: the recommendations leave them, and their INT8 variants, out."""
     if table.empty:
         return set()
     share = (table[VERDICT] == "yes").groupby([table["task"], table["recipe"]]).mean()

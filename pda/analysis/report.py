@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import pandas as pd
+
 from pda.analysis.carbon import carbon_statement
 from pda.analysis.claims import claims
 from pda.analysis.collapse import ALPHA, VERDICT, collapse_table, collapsed_recipes
@@ -46,7 +48,8 @@ def write_report(records_dir: Path, out_path: Path, figures: Sequence[Path] = ()
     frame = records_frame(records)
     agg = aggregate(frame)
     with_q = aggregate(with_quantized(frame))  # every recipe next to its INT8 variant (+Q)
-    not_learned = collapsed_recipes(frame, majority) if majority else set()  # never recommended
+    collapsed = collapse_table(frame, majority) if majority else pd.DataFrame()
+    not_learned = collapsed_recipes(collapsed)  # never recommended
     out_path = Path(out_path)
     parts = [
         "# PDA results report", "",
@@ -69,19 +72,17 @@ def write_report(records_dir: Path, out_path: Path, figures: Sequence[Path] = ()
                 "The same rules with a looser tolerance: what each priority buys when some accuracy can be spent.",
                 "", markdown_table(recommendation_table(recommendations(with_q, loose_tolerance, not_learned))), "",
             ]
-        if majority:
-            collapsed = collapse_table(frame, majority)
-            if not collapsed.empty:
-                bad = collapsed[collapsed[VERDICT] == "yes"]
-                parts += [
-                    "## Runs at the majority class", "",
-                    "A run that is not significantly better than always predicting the training set's majority class "
-                    f"(one-sided, p ≥ {ALPHA:g}: an exact binomial test of its dev accuracy against the majority "
-                    "class's; for a task scored by Matthews correlation, such as CoLA, z = MCC·√n) has collapsed, on a "
-                    f"task whose FT teacher is significantly better. {len(bad)} of {len(collapsed)} run(s) other than FT "
-                    "collapsed" + (": " + ", ".join(f"`{r}`" for r in bad["run"]) if len(bad) else "") + ".", "",
-                    markdown_table(collapsed), "",
-                ]
+        if not collapsed.empty:
+            bad = collapsed[collapsed[VERDICT] == "yes"]
+            parts += [
+                "## Runs at the majority class", "",
+                "A run that is not significantly better than always predicting the training set's majority class "
+                f"(one-sided, p ≥ {ALPHA:g}: an exact binomial test of its dev accuracy against the majority "
+                "class's; for a task scored by Matthews correlation, such as CoLA, z = MCC·√n) has collapsed, on a "
+                f"task whose FT teacher is significantly better. {len(bad)} of {len(collapsed)} run(s) other than FT "
+                "collapsed" + (": " + ", ".join(f"`{r}`" for r in bad["run"]) if len(bad) else "") + ".", "",
+                markdown_table(collapsed), "",
+            ]
         tracking = tracking_frame(records)
         if not tracking.empty:
             parts += [
