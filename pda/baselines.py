@@ -1,4 +1,5 @@
-"""What a model that learned nothing scores: the train set's majority class predicted for every dev example.
+"""What a model that learned nothing scores: the train set's majority class predicted for every dev example
+(for regression, any constant prediction: correlation 0).
 
 A compressed run that lands here has collapsed, whatever its size and speed; the analysis flags it.
 """
@@ -31,26 +32,28 @@ def majority_metrics(task: TaskSpec, train_labels: Sequence, dev_labels: dict[st
 
 @dataclass(frozen=True)
 class MajorityBaseline:
-    """Always predicting the training set's majority class, scored on the dev set (percent)."""
+    """Always predicting the training set's majority class (regression: any constant), scored on the dev set
+    (percent)."""
 
-    main_metric: float  # the task's main metric (MRPC F1 81.2: F1 flatters a constant "paraphrase")
-    accuracy: float
+    main_metric: float  # the task's main metric (MRPC F1 81.2: F1 flatters a constant "paraphrase"; STS-B 0)
+    accuracy: float | None  # None for regression
     dev_examples: int  # what a test of "better than this" has to go on
 
 
 def majority_baselines(tasks: Sequence[str], data_dir: str | None, online: bool, max_eval_samples: int | None = None,
                        data_seed: int = 0) -> dict[str, MajorityBaseline]:
-    """Task -> its majority-class baseline, for every classification task found, scored on the dev rows the
-    runs are scored on (``max_eval_samples`` and ``data_seed`` as in the study)."""
+    """Task -> its majority-class baseline (regression: a constant prediction, correlation 0), for every task
+    found, scored on the dev rows the runs are scored on (``max_eval_samples`` and ``data_seed`` as in the study)."""
     out: dict[str, MajorityBaseline] = {}
     for name in tasks:
         task = get_task(name)
-        if task.is_regression:
-            continue
         source = locate_task(task, data_dir, online)
-        train = list(load_split(task, "train", source)["label"])
         dev = {split: list(subsample(load_split(task, split, source), max_eval_samples, data_seed)["label"])
                for split in task.dev_splits}
+        if task.is_regression:
+            out[name] = MajorityBaseline(0.0, None, len(dev[task.dev_splits[0]]))
+            continue
+        train = list(load_split(task, "train", source)["label"])
         metrics = majority_metrics(task, train, dev)
         value = metrics.get(task.main_metric)
         first = task.dev_splits[0]  # MNLI: matched, as the runs' accuracy the collapse test reads

@@ -21,14 +21,23 @@ def _percent(value: float) -> float:
     return round(float(value) * 100.0, 4)
 
 
+def correlation(kind: str, predictions: np.ndarray, references: np.ndarray) -> float:
+    """Pearson or Spearman correlation; 0 when either side is constant. SciPy returns NaN there, and a NaN
+    main metric drops a collapsed STS-B run out of every mean over seeds; scikit-learn scores a constant
+    prediction's Matthews correlation 0 the same way."""
+    if np.ptp(predictions) == 0 or np.ptp(references) == 0:
+        return 0.0
+    return float((pearsonr if kind == "pearson" else spearmanr)(predictions, references)[0])
+
+
 def glue_metrics(task: TaskSpec, predictions: Sequence, references: Sequence) -> dict[str, float]:
     """All GLUE metrics of ``task`` for one dev split, in percent (as GLUE reports them)."""
     preds, refs = np.asarray(predictions), np.asarray(references)
     if preds.shape[0] != refs.shape[0]:
         raise ValueError(f"{preds.shape[0]} predictions for {refs.shape[0]} references")
     if task.is_regression:
-        pearson = pearsonr(preds.astype(float), refs.astype(float))[0]
-        spearman = spearmanr(preds.astype(float), refs.astype(float))[0]
+        pearson = correlation("pearson", preds.astype(float), refs.astype(float))
+        spearman = correlation("spearman", preds.astype(float), refs.astype(float))
         return {
             "pearson": _percent(pearson),
             "spearman": _percent(spearman),

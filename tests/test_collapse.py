@@ -33,7 +33,8 @@ def test_majority_baselines_on_the_shipped_data(glue_dir: Path) -> None:
     assert got["mrpc"].accuracy == pytest.approx(100 * 279 / 408, abs=1e-3) and got["mrpc"].dev_examples == 408
     assert got["sst2"].main_metric == pytest.approx(100 * 444 / 872, abs=1e-3) and got["sst2"].dev_examples == 872
     assert got["cola"].main_metric == 0.0
-    assert "stsb" not in got
+    # STS-B: a constant score has no correlation with the labels; 1,500 dev pairs
+    assert got["stsb"] == MajorityBaseline(main_metric=0.0, accuracy=None, dev_examples=1500)
 
 
 def record(run_id: str, task: str, scenario: str, accuracy: float, sparsity: float | None = None) -> RunRecord:
@@ -91,6 +92,29 @@ def test_cola_is_tested_on_matthews_not_on_accuracy() -> None:
     table = analysis.collapse_table(frame, {"cola": cola})
     assert dict(zip(table["run"], table["collapsed to the majority class"])) == {"cola-P60": "no", "cola-P90": "yes"}
     assert set(table["tested"]) == {"matthews"}  # all three are below the majority class's accuracy
+
+
+def test_stsb_is_tested_on_pearson_against_no_correlation() -> None:
+    """A regression run collapses to one constant score (correlation 0; SciPy's NaN is scored 0). By hand:
+    n = 403, r = 0.10: atanh(0.10) = 0.1003, times sqrt(400) = 2.007, p = 0.0224; r = 0.05: z = 1.001, p = 0.158."""
+    assert analysis.collapse.p_positive_pearson(10.0, 403) == pytest.approx(0.0224, abs=1e-4)
+    assert analysis.collapse.p_positive_pearson(5.0, 403) == pytest.approx(0.158, abs=1e-3)
+    constant = MajorityBaseline(main_metric=0.0, accuracy=None, dev_examples=403)
+
+    def run(run_id: str, scenario: str, pearson: float, sparsity: float | None = None) -> RunRecord:
+        return RunRecord(run_id=run_id, task="stsb", scenario=scenario, prune=sparsity is not None, distill=False,
+                         adapters="A" in scenario, sparsity=sparsity, seed=0, model="m",
+                         main_metric="pearson_spearman_mean", main_metric_value=pearson + 1,
+                         metrics={"pearson": pearson, "spearman": pearson + 2, "pearson_spearman_mean": pearson + 1})
+
+    frame = analysis.records_frame([run("stsb-FT", "FT", 84.0), run("stsb-A", "A", 0.0), run("stsb-P60", "P", 10.0, 0.6),
+                                    run("stsb-P90", "P", 5.0, 0.9)])
+    table = analysis.collapse_table(frame, {"stsb": constant})
+    assert dict(zip(table["run"], table["collapsed to the majority class"])) == {
+        "stsb-A": "yes", "stsb-P60": "no", "stsb-P90": "yes"}
+    assert set(table["tested"]) == {"pearson"} and set(table["constant prediction (%)"]) == {"0.00"}
+    with pytest.raises(ValueError, match="regression task has no majority class"):
+        analysis.collapse.p_above_majority(50.0, constant)
 
 
 def test_a_collapsed_recipe_is_never_recommended_even_with_the_better_main_metric() -> None:

@@ -121,6 +121,15 @@ def test_pearson_spearman_on_known_values():
     assert glue_metrics(get_task("stsb"), [1, 2, 3], [2, 4, 6])["pearson"] == pytest.approx(100.0)
 
 
+def test_a_constant_regression_prediction_scores_zero_not_nan():
+    """A collapsed STS-B model predicts one value; SciPy's NaN correlation would drop it from every mean over
+    seeds (this happened: one adapter seed of three, and the table showed the other two's mean)."""
+    m = glue_metrics(get_task("stsb"), [2.5, 2.5, 2.5, 2.5], [0.0, 1.0, 4.0, 5.0])
+    assert m == {"pearson": 0.0, "spearman": 0.0, "pearson_spearman_mean": 0.0}
+    nearly = glue_metrics(get_task("stsb"), [2.5, 2.5, 2.5, 2.6], [0.0, 1.0, 4.0, 5.0])
+    assert 0.0 < nearly["pearson"] < 100.0  # not constant: a real (weak) correlation
+
+
 def test_mnli_reports_matched_and_mismatched():
     m = task_metrics(get_task("mnli"), {"dev_matched": ([0, 1], [0, 1]), "dev_mismatched": ([0, 1], [1, 1])})
     assert m == {"accuracy_m": 100.0, "accuracy_mm": 50.0}

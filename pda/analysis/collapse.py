@@ -9,6 +9,9 @@ accuracy are noise. Two tests, both against "no better than a constant predictio
 - Matthews correlation (CoLA, whose majority class is 69 % of dev and scores 0): a constant or
   label-blind prediction has MCC 0, and n * MCC^2 is then chi-square with one degree of freedom,
   so z = MCC * sqrt(n).
+- Pearson correlation (STS-B, regression: the constant is any single score, correlation 0):
+  Fisher's z = atanh(r) * sqrt(n - 3) is standard normal when the predictions are unrelated to the
+  labels.
 
 A run that is not significantly better (p >= ``ALPHA``) has collapsed, on a task whose FT teacher is
 significantly better (otherwise the task is not learned at this budget, and the table says so).
@@ -19,6 +22,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import pandas as pd
+import math
+
 from scipy.stats import binomtest, norm
 
 from pda.analysis.frame import recipe_label, sort_recipes
@@ -32,6 +37,8 @@ NOT_LEARNED = "teacher not above the majority class"
 
 def p_above_majority(accuracy: float, baseline: MajorityBaseline) -> float:
     """P(at least this many dev examples right | each right with the majority class's accuracy), exact binomial."""
+    if baseline.accuracy is None:
+        raise ValueError("a regression task has no majority class to test accuracy against; test its Pearson r")
     n = baseline.dev_examples
     right = round(accuracy / 100 * n)
     return float(binomtest(right, n, baseline.accuracy / 100, alternative="greater").pvalue)
@@ -42,10 +49,18 @@ def p_positive_matthews(matthews: float, dev_examples: int) -> float:
     return float(norm.sf(matthews / 100 * dev_examples ** 0.5))
 
 
+def p_positive_pearson(pearson: float, dev_examples: int) -> float:
+    """P(r at least this high | predictions unrelated to the labels): Fisher's z = atanh(r) * sqrt(n - 3), one-sided."""
+    r = min(max(pearson / 100, -0.999999), 0.999999)
+    return float(norm.sf(math.atanh(r) * max(dev_examples - 3, 1) ** 0.5))
+
+
 def tested_score(row: pd.Series) -> tuple[str, float] | None:
-    """('matthews', MCC) when the run's main metric is Matthews, else ('accuracy', dev accuracy; MNLI: matched);
-    None if the record has neither."""
-    columns = ("metric_matthews",) if row.get("main_metric") == "matthews" else ("metric_accuracy", "metric_accuracy_m")
+    """('matthews', MCC) when the run's main metric is Matthews, ('pearson', r) for regression, else
+    ('accuracy', dev accuracy; MNLI: matched); None if the record has none of them."""
+    main = row.get("main_metric")
+    columns = (("metric_matthews",) if main == "matthews" else ("metric_pearson",) if main == "pearson_spearman_mean"
+               else ("metric_accuracy", "metric_accuracy_m"))
     for column in columns:
         if column in row.index and not is_missing(row[column]):
             return column.removeprefix("metric_").removesuffix("_m"), float(row[column])
@@ -53,8 +68,11 @@ def tested_score(row: pd.Series) -> tuple[str, float] | None:
 
 
 def p_value(kind: str, value: float, baseline: MajorityBaseline) -> float:
-    return (p_positive_matthews(value, baseline.dev_examples) if kind == "matthews"
-            else p_above_majority(value, baseline))
+    if kind == "matthews":
+        return p_positive_matthews(value, baseline.dev_examples)
+    if kind == "pearson":
+        return p_positive_pearson(value, baseline.dev_examples)
+    return p_above_majority(value, baseline)
 
 
 def collapse_table(frame: pd.DataFrame, majority: Mapping[str, MajorityBaseline], alpha: float = ALPHA) -> pd.DataFrame:
@@ -83,7 +101,7 @@ def collapse_table(frame: pd.DataFrame, majority: Mapping[str, MajorityBaseline]
         rows.append({
             "run": r["run_id"], "task": r["task"], "recipe": recipe_label(r["scenario"], r["sparsity"]),
             "main metric": f"{r['main_metric']} {r['main_metric_value']:.2f}", "tested": kind,
-            "run (%)": f"{value:.2f}", "constant prediction (%)": f"{0.0 if kind == 'matthews' else base.accuracy:.2f}",
+            "run (%)": f"{value:.2f}", "constant prediction (%)": f"{base.accuracy if kind == 'accuracy' else 0.0:.2f}",
             "dev examples": base.dev_examples, "p (better than constant)": f"{p:.3f}",
             "FT teacher (%)": "—" if teacher is None else f"{teacher:.2f}", VERDICT: verdict,
         })

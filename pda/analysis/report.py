@@ -78,7 +78,9 @@ def write_report(records_dir: Path, out_path: Path, figures: Sequence[Path] = ()
                 "## Runs at the majority class", "",
                 "A run that is not significantly better than always predicting the training set's majority class "
                 f"(one-sided, p ≥ {ALPHA:g}: an exact binomial test of its dev accuracy against the majority "
-                "class's; for a task scored by Matthews correlation, such as CoLA, z = MCC·√n) has collapsed, on a "
+                "class's; for a task scored by Matthews correlation, such as CoLA, z = MCC·√n; for regression, such as "
+                "STS-B, whose constant prediction has correlation 0, Fisher's z = atanh(r)·√(n−3) on Pearson's r) "
+                "has collapsed, on a "
                 f"task whose FT teacher is significantly better. {len(bad)} of {len(collapsed)} run(s) other than FT "
                 "collapsed" + (": " + ", ".join(f"`{r}`" for r in bad["run"]) if len(bad) else "") + ".", "",
                 markdown_table(collapsed), "",
