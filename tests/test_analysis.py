@@ -469,6 +469,25 @@ def test_metric_figure_draws_the_seed_std_as_error_bars() -> None:
     assert all(seg[1][1] - seg[0][1] == pytest.approx(2.0) for seg in segments)  # mean ± 1
 
 
+def test_metric_figure_draws_the_majority_class_and_marks_collapsed_recipes() -> None:
+    from pda.baselines import MajorityBaseline
+
+    records = make_world(TRUE_WORLD)
+    frame = analysis.records_frame(records)
+    task = frame["task"].iloc[0]
+    collapse = pd.DataFrame({"task": [task] * 3, "recipe": ["P 90%", "P 90%", "A"],
+                             analysis.collapse.VERDICT: ["yes", "yes", "no"]})
+    data = analysis.figure_data(frame, records, {task: MajorityBaseline(50.0, 50.0, 100)}, collapse)
+    assert data.collapsed == {(task, "P 90%"): 2}
+    fig = plots.plot_metric_by_scenario(data)
+    ax = fig.axes[0]
+    assert any(list(line.get_ydata()) == [50.0, 50.0] for line in ax.get_lines())  # the majority-class line
+    assert [t.get_text() for t in ax.texts if t.get_text().startswith("†")] == ["†2"]
+    assert "†k" in fig.get_suptitle()
+    plain = plots.plot_metric_by_scenario(analysis.figure_data(frame, records))
+    assert not any(t.get_text().startswith("†") for a in plain.axes for t in a.texts) and "†" not in plain.get_suptitle()
+
+
 def test_html_table_aligns_words_left_numbers_right_escapes_and_links() -> None:
     from pda.analysis.tables import html_table
 

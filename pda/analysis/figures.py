@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
 from pda.analysis.carbon import energy_is_estimated
+from pda.analysis.collapse import VERDICT
 from pda.analysis.frame import RECIPE_KEYS, aggregate, batch_sizes
 from pda.analysis.structure import survival_matrix
+from pda.baselines import MajorityBaseline
 from pda.records import RunRecord
 
 
@@ -30,6 +32,8 @@ class FigureData:
     teacher_params: float  # mean over runs, NaN when no run recorded it
     speed_context: str  # device and threads of the speed measurements, '' when none
     energy_modes: tuple[str, ...]
+    majority: Mapping[str, float] = dataclasses.field(default_factory=dict)  # task -> majority class's main metric
+    collapsed: Mapping[tuple[str, str], int] = dataclasses.field(default_factory=dict)  # (task, recipe) -> runs collapsed
 
     @property
     def energy_estimated(self) -> bool:
@@ -72,8 +76,19 @@ def _speed_context(frame: pd.DataFrame) -> str:
     return "; ".join(parts)
 
 
-def figure_data(frame: pd.DataFrame, records: Iterable[RunRecord]) -> FigureData:
-    """Compute every figure's numbers from the run frame (``records_frame``) and the records (structure)."""
+def collapsed_counts(collapse: pd.DataFrame | None) -> dict[tuple[str, str], int]:
+    """(task, recipe label) -> how many of its runs a ``collapse_table`` found collapsed (only those with any)."""
+    if collapse is None or collapse.empty:
+        return {}
+    yes = collapse[collapse[VERDICT] == "yes"]
+    return {key: int(n) for key, n in yes.groupby(["task", "recipe"]).size().items()}
+
+
+def figure_data(frame: pd.DataFrame, records: Iterable[RunRecord], majority: Mapping[str, MajorityBaseline] | None = None,
+                collapse: pd.DataFrame | None = None) -> FigureData:
+    """Compute every figure's numbers from the run frame (``records_frame``) and the records (structure);
+    with the majority baselines and the ``collapse_table``, Fig. 2 draws the majority class and marks
+    collapsed runs."""
     by_task = aggregate(frame)
     by_task = by_task.assign(on_front=_on_front(by_task))
     teacher = frame["teacher_params_total"].dropna() if "teacher_params_total" in frame else pd.Series(dtype=float)
@@ -85,4 +100,5 @@ def figure_data(frame: pd.DataFrame, records: Iterable[RunRecord]) -> FigureData
         by_task=by_task, by_recipe=aggregate(frame, RECIPE_KEYS), survival=survival_matrix(records),
         batch_sizes=tuple(batch_sizes(frame)), teacher_params=float(teacher.mean()) if len(teacher) else math.nan,
         speed_context=_speed_context(frame), energy_modes=tuple(sorted(modes)),
+        majority={task: b.main_metric for task, b in (majority or {}).items()}, collapsed=collapsed_counts(collapse),
     )

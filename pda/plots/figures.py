@@ -53,15 +53,28 @@ def plot_metric_by_scenario(data: FigureData, out_dir: Path | None = None) -> Fi
                 ax.axhline(ft.iloc[0], color="black", linestyle="--", linewidth=0.8)
                 ax.annotate(f"FT\n{ft.iloc[0]:.1f}", (1.0, ft.iloc[0]), xycoords=("axes fraction", "data"),
                             xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
+            majority = data.majority.get(task)
+            if majority is not None and majority > 0:  # a constant prediction's MCC or correlation is the 0 line
+                ax.axhline(majority, color="dimgray", linestyle=":", linewidth=1.0)
+                ax.annotate(f"majority\nclass {majority:.1f}", (1.0, majority), xycoords=("axes fraction", "data"),
+                            xytext=(3, 0), textcoords="offset points", va="center", fontsize=7, color="dimgray")
             e = np.nan_to_num(err)
             lo, hi = float(np.min(means - e)), float(np.max(means + e))
             floor = max(0.0, math.floor(lo - 0.25 * (hi - lo) - 2)) if lo >= 0 else lo - 2
-            ax.set_ylim(floor, hi + 0.08 * (hi - floor) + 0.5)
+            top = hi + 0.08 * (hi - floor) + 0.5
+            ax.set_ylim(floor, top)
+            for xi, (scenario, sparsity), m, spread_i in zip(x, recipes, means, e):
+                if k := data.collapsed.get((task, recipe_label(scenario, sparsity))):
+                    ax.annotate(f"†{k}", (xi, min(m + spread_i, top)), xytext=(0, 1), textcoords="offset points",
+                                ha="center", va="bottom", fontsize=8, color="firebrick")
             recipe_axis(ax, x, recipes)
             metric = rows["main_metric"].dropna()
             ax.set_ylabel(f"{metric.iloc[0] if len(metric) else 'metric'} (%)")
             ax.set_title(task.upper() + (f"  (y-axis starts at {floor:g})" if floor > 0 else ""))
-        fig.suptitle(_title(title, n_caption(have["n_runs"], "seed")))
+        caption = n_caption(have["n_runs"], "seed")
+        if data.collapsed:
+            caption += "; †k = k runs not significantly above the majority class (a constant prediction)"
+        fig.suptitle(_title(title, caption))
         return finish(fig, out_dir, stem)
 
 
