@@ -19,11 +19,10 @@ significantly better (otherwise the task is not learned at this budget, and the 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import pandas as pd
-import math
-
 from scipy.stats import binomtest, norm
 
 from pda.analysis.frame import recipe_label, sort_recipes
