@@ -48,21 +48,26 @@ def plot_metric_by_scenario(data: FigureData, out_dir: Path | None = None) -> Fi
             x = grouped_positions(recipes)
             ax.bar(x, means, color=[scenario_color(s) for s, _ in recipes], edgecolor="black", linewidth=0.5)
             error_bars(ax, x, means, err)
-            ft = rows[rows["scenario"] == "FT"]["main_metric_value_mean"]
-            if len(ft):
-                ax.axhline(ft.iloc[0], color="black", linestyle="--", linewidth=0.8)
-                ax.annotate(f"FT\n{ft.iloc[0]:.1f}", (1.0, ft.iloc[0]), xycoords=("axes fraction", "data"),
-                            xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
-            majority = data.majority.get(task)
-            if majority is not None and majority > 0:  # a constant prediction's MCC or correlation is the 0 line
-                ax.axhline(majority, color="dimgray", linestyle=":", linewidth=1.0)
-                ax.annotate(f"majority\nclass {majority:.1f}", (1.0, majority), xycoords=("axes fraction", "data"),
-                            xytext=(3, 0), textcoords="offset points", va="center", fontsize=7, color="dimgray")
             e = np.nan_to_num(err)
             lo, hi = float(np.min(means - e)), float(np.max(means + e))
             floor = max(0.0, math.floor(lo - 0.25 * (hi - lo) - 2)) if lo >= 0 else lo - 2
             top = hi + 0.08 * (hi - floor) + 0.5
             ax.set_ylim(floor, top)
+            ft = rows[rows["scenario"] == "FT"]["main_metric_value_mean"]
+            majority = data.majority.get(task)
+            if majority is not None and majority <= 0:
+                majority = None  # a constant prediction's MCC or correlation is the 0 line
+            # labels at the right edge; when the two lines nearly meet, FT's goes above and the majority's below
+            close = len(ft) and majority is not None and abs(ft.iloc[0] - majority) < 0.08 * (top - floor)
+            if len(ft):
+                ax.axhline(ft.iloc[0], color="black", linestyle="--", linewidth=0.8)
+                ax.annotate(f"FT\n{ft.iloc[0]:.1f}", (1.0, ft.iloc[0]), xycoords=("axes fraction", "data"),
+                            xytext=(3, 0), textcoords="offset points", va="bottom" if close else "center", fontsize=8)
+            if majority is not None:
+                ax.axhline(majority, color="dimgray", linestyle=":", linewidth=1.0)
+                ax.annotate(f"majority\nclass {majority:.1f}", (1.0, majority), xycoords=("axes fraction", "data"),
+                            xytext=(3, 0), textcoords="offset points", va="top" if close else "center", fontsize=7,
+                            color="dimgray")
             for xi, (scenario, sparsity), m, spread_i in zip(x, recipes, means, e):
                 if k := data.collapsed.get((task, recipe_label(scenario, sparsity))):
                     ax.annotate(f"†{k}", (xi, min(m + spread_i, top)), xytext=(0, 1), textcoords="offset points",
