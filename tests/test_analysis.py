@@ -488,6 +488,23 @@ def test_metric_figure_draws_the_majority_class_and_marks_collapsed_recipes() ->
     assert not any(t.get_text().startswith("†") for a in plain.axes for t in a.texts) and "†" not in plain.get_suptitle()
 
 
+def test_a_recipe_collapsed_in_most_seeds_is_kept_off_the_pareto_front() -> None:
+    records = make_world(TRUE_WORLD)
+    frame = analysis.records_frame(records)
+    by_task = analysis.figure_data(frame, records).by_task
+    task = by_task["task"].iloc[0]
+    front = by_task[(by_task["task"] == task) & by_task["on_front"]]
+    smallest = front.sort_values("params_total_mean").iloc[0]  # the front's cheapest recipe
+    label = analysis.recipe_label(smallest["scenario"], smallest["sparsity"])
+    collapse = pd.DataFrame({"task": [task] * 3, "recipe": [label] * 3,
+                             analysis.collapse.VERDICT: ["yes", "yes", "no"]})
+    after = analysis.figure_data(frame, records, collapse=collapse).by_task
+    row = after[(after["task"] == task) & (after["scenario"] == smallest["scenario"])
+                & (after["sparsity"].fillna(-1) == (-1 if pd.isna(smallest["sparsity"]) else smallest["sparsity"]))]
+    assert not row["on_front"].item()
+    assert after[after["task"] == task]["on_front"].any()  # the rest still has a front
+
+
 def test_html_table_aligns_words_left_numbers_right_escapes_and_links() -> None:
     from pda.analysis.tables import html_table
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Collection, Iterable, Mapping, Sequence
 
 import pandas as pd
 
 from pda.analysis.carbon import energy_is_estimated
-from pda.analysis.collapse import VERDICT
-from pda.analysis.frame import RECIPE_KEYS, aggregate, batch_sizes
+from pda.analysis.collapse import VERDICT, collapsed_recipes
+from pda.analysis.frame import RECIPE_KEYS, aggregate, batch_sizes, recipe_label
 from pda.analysis.structure import survival_matrix
 from pda.baselines import MajorityBaseline
 from pda.records import RunRecord
@@ -56,11 +56,14 @@ def pareto_front(params: Sequence[float], metric: Sequence[float]) -> list[int]:
     return front
 
 
-def _on_front(by_task: pd.DataFrame) -> pd.Series:
+def _on_front(by_task: pd.DataFrame, excluded: Collection[tuple[str, str]] = ()) -> pd.Series:
+    """Per task, the recipes on the accuracy-vs-size Pareto front; ``excluded`` (task, recipe label) pairs,
+    the collapsed recipes, cannot be on it (as the recommendations never pick them)."""
     flags = pd.Series(False, index=by_task.index)
     if by_task.empty:
         return flags
-    for _, rows in by_task.groupby("task", sort=False):
+    for task, rows in by_task.groupby("task", sort=False):
+        rows = rows[[(task, recipe_label(s, p)) not in excluded for s, p in zip(rows["scenario"], rows["sparsity"])]]
         params = [float(v) for v in rows["params_total_mean"]]
         metric = [float(v) for v in rows["main_metric_value_mean"]]
         flags[rows.index[pareto_front(params, metric)]] = True
@@ -88,9 +91,10 @@ def figure_data(frame: pd.DataFrame, records: Iterable[RunRecord], majority: Map
                 collapse: pd.DataFrame | None = None) -> FigureData:
     """Compute every figure's numbers from the run frame (``records_frame``) and the records (structure);
     with the majority baselines and the ``collapse_table``, Fig. 2 draws the majority class and marks
-    collapsed runs."""
+    collapsed runs, and recipes that collapsed in most seeds are kept off Fig. 7's Pareto front."""
     by_task = aggregate(frame)
-    by_task = by_task.assign(on_front=_on_front(by_task))
+    excluded = collapsed_recipes(collapse) if collapse is not None else set()
+    by_task = by_task.assign(on_front=_on_front(by_task, excluded))
     teacher = frame["teacher_params_total"].dropna() if "teacher_params_total" in frame else pd.Series(dtype=float)
     modes = set()
     for phase in ("train", "inference"):

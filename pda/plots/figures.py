@@ -279,6 +279,8 @@ def plot_pareto(data: FigureData, out_dir: Path | None = None) -> Figure:
     stem = "fig7_pareto"
     with mpl.rc_context(STYLE):
         title = "Accuracy vs model size (mean over seeds; dashed = Pareto front, bold = on the front)"
+        if data.collapsed:
+            title += "\nrecipes collapsed to the majority class in most seeds are kept off the front"
         agg = data.by_task
         agg = agg[col(agg, "main_metric_value_mean").notna() & col(agg, "params_total_mean").notna()]
         if agg.empty:
