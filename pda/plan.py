@@ -97,8 +97,8 @@ def estimate_run(cfg: StudyConfig, spec: RunSpec) -> RunEstimate:
     phases = ([study.pruning.epochs, study.pruning.finetune_epochs] if flags["prune"] else [t.epochs])
     steps = [fit_steps(batches, e) for e in phases]
     forward_rows = sum(evals_during(s, t.eval_every_steps) for s in steps) * dev_rows(task, study.max_eval_samples)
-    students = (for_run(cfg, spec.task, s, sp if SCENARIOS[s]["prune"] else None, spec.seed)
-                for s in cfg.scenarios for sp in cfg.sparsities)
+    students = (for_run(cfg, spec.task, s, sp, spec.seed)
+                for s in cfg.scenarios for sp in (cfg.sparsities if SCENARIOS[s]["prune"] else [None]))
     if spec.scenario == "FT" and study.distill.cache_teacher_logits and any(r.uses_teacher_loss for r in students):
         forward_rows += rows  # its logits over its train set: once, by its first student (pipeline.shared_teacher_logits)
     return RunEstimate(spec, rows, t.batch_size, batches, sum(steps), forward_rows * FORWARD_COST / t.batch_size)

@@ -107,10 +107,21 @@ def collapse_table(frame: pd.DataFrame, majority: Mapping[str, MajorityBaseline]
     return pd.DataFrame(rows)
 
 
+def _collapsed_by_recipe(table: pd.DataFrame) -> pd.core.groupby.SeriesGroupBy:
+    """A ``collapse_table``'s verdicts as booleans (collapsed or not), grouped by (task, recipe label)."""
+    return (table[VERDICT] == "yes").groupby([table["task"], table["recipe"]])
+
+
 def collapsed_recipes(table: pd.DataFrame) -> set[tuple[str, str]]:
     """(task, recipe label) of the recipes that collapsed in more than half of their runs (seeds) in a
     ``collapse_table``: the recommendations leave them, and their INT8 variants, out."""
     if table.empty:
         return set()
-    share = (table[VERDICT] == "yes").groupby([table["task"], table["recipe"]]).mean()
-    return {key for key, value in share.items() if value > 0.5}
+    return {key for key, share in _collapsed_by_recipe(table).mean().items() if share > 0.5}
+
+
+def collapsed_counts(table: pd.DataFrame) -> dict[tuple[str, str], int]:
+    """(task, recipe label) -> how many of its runs a ``collapse_table`` found collapsed (only those with any)."""
+    if table.empty:
+        return {}
+    return {key: int(n) for key, n in _collapsed_by_recipe(table).sum().items() if n}

@@ -9,7 +9,7 @@ from typing import Any, Collection, Iterable, Mapping, Sequence
 import pandas as pd
 
 from pda.analysis.carbon import energy_is_estimated
-from pda.analysis.collapse import VERDICT, collapsed_recipes
+from pda.analysis.collapse import collapsed_counts, collapsed_recipes
 from pda.analysis.frame import RECIPE_KEYS, aggregate, batch_sizes, recipe_label
 from pda.analysis.structure import survival_matrix
 from pda.baselines import MajorityBaseline
@@ -79,22 +79,14 @@ def _speed_context(frame: pd.DataFrame) -> str:
     return "; ".join(parts)
 
 
-def collapsed_counts(collapse: pd.DataFrame | None) -> dict[tuple[str, str], int]:
-    """(task, recipe label) -> how many of its runs a ``collapse_table`` found collapsed (only those with any)."""
-    if collapse is None or collapse.empty:
-        return {}
-    yes = collapse[collapse[VERDICT] == "yes"]
-    return {key: int(n) for key, n in yes.groupby(["task", "recipe"]).size().items()}
-
-
 def figure_data(frame: pd.DataFrame, records: Iterable[RunRecord], majority: Mapping[str, MajorityBaseline] | None = None,
                 collapse: pd.DataFrame | None = None) -> FigureData:
     """Compute every figure's numbers from the run frame (``records_frame``) and the records (structure);
     with the majority baselines and the ``collapse_table``, Fig. 2 draws the majority class and marks
     collapsed runs, and recipes that collapsed in most seeds are kept off Fig. 7's Pareto front."""
     by_task = aggregate(frame)
-    excluded = collapsed_recipes(collapse) if collapse is not None else set()
-    by_task = by_task.assign(on_front=_on_front(by_task, excluded))
+    collapse = pd.DataFrame() if collapse is None else collapse
+    by_task = by_task.assign(on_front=_on_front(by_task, collapsed_recipes(collapse)))
     teacher = frame["teacher_params_total"].dropna() if "teacher_params_total" in frame else pd.Series(dtype=float)
     modes = set()
     for phase in ("train", "inference"):

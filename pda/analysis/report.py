@@ -6,8 +6,6 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import pandas as pd
-
 from pda.analysis.carbon import carbon_statement
 from pda.analysis.claims import claims
 from pda.analysis.collapse import ALPHA, VERDICT, collapse_table, collapsed_recipes
@@ -48,7 +46,7 @@ def write_report(records_dir: Path, out_path: Path, figures: Sequence[Path] = ()
     frame = records_frame(records)
     agg = aggregate(frame)
     with_q = aggregate(with_quantized(frame))  # every recipe next to its INT8 variant (+Q)
-    collapsed = collapse_table(frame, majority) if majority else pd.DataFrame()
+    collapsed = collapse_table(frame, majority or {})
     not_learned = collapsed_recipes(collapsed)  # never recommended
     out_path = Path(out_path)
     parts = [
