@@ -488,6 +488,18 @@ def test_metric_figure_draws_the_majority_class_and_marks_collapsed_recipes() ->
     assert not any(t.get_text().startswith("†") for a in plain.axes for t in a.texts) and "†" not in plain.get_suptitle()
 
 
+def test_figures_name_tasks_and_metrics_as_glue_does() -> None:
+    import dataclasses
+
+    records = [dataclasses.replace(r, task="stsb", main_metric="pearson_spearman_mean") if r.task == "rte" else r
+               for r in make_world(TRUE_WORLD, seeds=(0,))]
+    data = analysis.figure_data(analysis.records_frame(records), records)
+    for fn in (plots.plot_metric_by_scenario, plots.plot_pareto):
+        fig = fn(data)
+        labels = {ax.get_title().split("  ")[0]: ax.get_ylabel() for ax in fig.axes if ax.get_title()}
+        assert labels == {"STS-B": "Pearson/Spearman mean (×100)", "SST-2": "accuracy (%)"}, fn.__name__
+
+
 def test_a_recipe_collapsed_in_most_seeds_is_kept_off_the_pareto_front() -> None:
     records = make_world(TRUE_WORLD)
     frame = analysis.records_frame(records)

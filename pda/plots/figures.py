@@ -19,7 +19,7 @@ from pda.analysis.frame import pct
 from pda.plots.labels import label_points, plain_log_axis
 from pda.plots.style import (
     STYLE, col, error_bars, figure_legend, finish, grid, grouped_positions, n_caption, note, recipe_axis,
-    recipes_in, scenario_color, single, spread,
+    metric_axis_label, recipes_in, scenario_color, single, spread, task_title,
 )
 
 
@@ -73,9 +73,8 @@ def plot_metric_by_scenario(data: FigureData, out_dir: Path | None = None) -> Fi
                     ax.annotate(f"†{k}", (xi, min(m + spread_i, top)), xytext=(0, 1), textcoords="offset points",
                                 ha="center", va="bottom", fontsize=8, color="firebrick")
             recipe_axis(ax, x, recipes)
-            metric = rows["main_metric"].dropna()
-            ax.set_ylabel(f"{metric.iloc[0] if len(metric) else 'metric'} (%)")
-            ax.set_title(task.upper() + (f"  (y-axis starts at {floor:g})" if floor > 0 else ""))
+            ax.set_ylabel(metric_axis_label(rows["main_metric"]))
+            ax.set_title(task_title(task) + (f"  (y-axis starts at {floor:g})" if floor > 0 else ""))
         caption = n_caption(have["n_runs"], "seed")
         if data.collapsed:
             caption += "; †k = k runs not significantly above the majority class (a constant prediction)"
@@ -305,10 +304,9 @@ def plot_pareto(data: FigureData, out_dir: Path | None = None) -> Figure:
             pad = 0.08 * max(high - low, 1.0)
             ax.set_ylim(low - pad, high + pad)
             ax.set_xlim(px.min() * 0.8, px.max() * 1.3)
-            metric = rows["main_metric"].dropna()
             ax.set_xlabel("parameters (millions)")
-            ax.set_ylabel(f"{metric.iloc[0] if len(metric) else 'metric'} (%)")
-            ax.set_title(task.upper())
+            ax.set_ylabel(metric_axis_label(rows["main_metric"]))
+            ax.set_title(task_title(task))
             panels.append((ax, px, my, e, list(rows["recipe"]), front))
         fig.suptitle(_title(title, n_caption(agg["n_runs"], "seed")))
         fig.draw_without_rendering()  # fix the layout: label placement works in display coordinates

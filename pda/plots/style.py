@@ -14,6 +14,7 @@ from matplotlib.figure import Figure  # Figure without pyplot: no global figure 
 
 from pda.analysis import SCENARIO_ORDER, is_missing
 from pda.analysis.frame import pct
+from pda.tasks import get_task
 
 SCENARIO_COLORS: dict[str, str] = dict(zip(SCENARIO_ORDER, (
     "#3d3d3d", "#8c8c8c", "#1f77b4", "#ff7f0e", "#d62728", "#2ca02c", "#17becf", "#9467bd", "#e377c2",
@@ -24,8 +25,30 @@ STYLE: dict[str, Any] = {
 }
 
 
+METRIC_LABELS: dict[str, str] = {
+    "accuracy": "accuracy (%)", "f1": "F1 (%)", "matthews": "Matthews correlation (×100)",
+    "pearson": "Pearson r (×100)", "spearman": "Spearman ρ (×100)",
+    "pearson_spearman_mean": "Pearson/Spearman mean (×100)",
+}
+
+
 def scenario_color(scenario: str) -> str:
     return SCENARIO_COLORS.get(scenario, "#8c564b")
+
+
+def task_title(task: str) -> str:
+    """The GLUE spelling readers know (``stsb`` -> ``STS-B``); an unknown task is shown upper-cased."""
+    try:
+        return get_task(task).folder
+    except ValueError:
+        return str(task).upper()
+
+
+def metric_axis_label(metrics: pd.Series) -> str:
+    """Axis label for a panel's main metric, with its unit; 'metric (%)' when the runs do not say which."""
+    names = metrics.dropna()
+    name = str(names.iloc[0]) if len(names) else ""
+    return METRIC_LABELS.get(name, f"{name or 'metric'} (%)")
 
 
 def save_figure(fig: Figure, out_dir: Path, stem: str, dpi: int = 150) -> list[Path]:
