@@ -25,10 +25,20 @@ from typing import Any
 # then pays page faults on every step: a training step took 0.74 s instead of 0.50 s here.
 NOT_FOR_KERNELS = ("MALLOC_TRIM_THRESHOLD_",)
 
+# glibc malloc settings for the kernels that train: keep freed memory in the process's heap for the
+# next step instead of returning it to the OS and page-faulting fresh zeroed pages back in. The
+# word-embedding gradient alone (30522 x 384 fp32, 47 MB, made anew by every backward) is above the
+# largest mmap threshold glibc allows (32 MB), so only ``MALLOC_MMAP_MAX_=0`` keeps it off mmap.
+# Measured here (1 thread, bf16, MRPC): a teacher's training step 7 % faster, a 90 %-pruned model's
+# 16 %, a whole run 6-9 %; the numbers it computes are the same. Other C libraries ignore these.
+KERNEL_MALLOC = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(16 << 30), "MALLOC_TOP_PAD_": str(256 << 20)}
+
 
 def kernel_environment() -> dict[str, str]:
-    """This process's environment for a kernel it starts, less what only suits a Dask worker itself."""
-    return {k: v for k, v in os.environ.items() if k not in NOT_FOR_KERNELS}
+    """This process's environment for a kernel it starts, less what only suits a Dask worker itself, plus
+    ``KERNEL_MALLOC`` where the environment does not set those variables itself."""
+    env = {k: v for k, v in os.environ.items() if k not in NOT_FOR_KERNELS}
+    return {**KERNEL_MALLOC, **env}
 
 
 class WarmKernel:

@@ -7,7 +7,7 @@ from pathlib import Path
 import nbformat
 import papermill
 
-from pda.kernels import KernelPool, WarmKernel
+from pda.kernels import KERNEL_MALLOC, KernelPool, WarmKernel, kernel_environment
 
 
 def _notebook(path: Path) -> Path:
@@ -73,7 +73,8 @@ def test_each_notebook_starts_an_empty_history_session(tmp_path):
 
 
 def test_a_kernel_started_from_a_dask_worker_leaves_its_malloc_setting_behind(tmp_path, monkeypatch):
-    """Dask workers set MALLOC_TRIM_THRESHOLD_, which made training steps 1.5x slower in a kernel that inherited it."""
+    """Dask workers set MALLOC_TRIM_THRESHOLD_=65536, which made training steps 1.5x slower in a kernel that
+    inherited it: the kernel gets the study's own setting instead."""
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
     monkeypatch.setenv("PDA_TEST_PASSED_ON", "yes")
     with WarmKernel("pda", tmp_path) as warm:
@@ -86,7 +87,17 @@ def test_a_kernel_started_from_a_dask_worker_leaves_its_malloc_setting_behind(tm
                                    output_hook=lambda m: printed.append(m["content"].get("text", "")))
         finally:
             kc.stop_channels()
-    assert "".join(printed).split() == ["None", "yes"]
+    assert "".join(printed).split() == [KERNEL_MALLOC["MALLOC_TRIM_THRESHOLD_"], "yes"]
+
+
+def test_kernels_keep_freed_memory_unless_the_user_says_otherwise(monkeypatch):
+    """The settings that spare each training step its page faults; a variable the user set is left as set."""
+    monkeypatch.delenv("MALLOC_MMAP_MAX_", raising=False)
+    monkeypatch.setenv("MALLOC_TOP_PAD_", "4096")
+    env = kernel_environment()
+    assert env["MALLOC_MMAP_MAX_"] == "0"
+    assert int(env["MALLOC_TRIM_THRESHOLD_"]) >= 1 << 30
+    assert env["MALLOC_TOP_PAD_"] == "4096"
 
 
 class _FakeKernel:
