@@ -10,7 +10,9 @@ The estimate is deliberately simple so a reader can redo it by hand:
   logits for distillation) count as train-step equivalents: a forward pass costs about a
   third of a training step (forward + backward), per example.
 - run time = (steps + equivalents) x step time + a per-run overhead (kernel start, model
-  loading, final evaluation, speed and energy measurement).
+  loading, final evaluation, speed and energy measurement). The step time is given, taken from
+  the study's finished runs (per scenario), or timed here per task (``--measure``: the whole model
+  at the task's mean batch length, in the study's precision, on the threads one worker gets).
 - wall time with N workers = Dask-like greedy scheduling of those run times in grid order,
   every run waiting for its dependencies; each worker is assumed as fast as the step time
   says (one GPU, or the measured CPU threads, per worker).
@@ -63,9 +65,11 @@ class StepTime:
     overhead_s: float = DEFAULT_OVERHEAD_S
     overhead_source: str = "default (kernel start, model loading, final evaluation, measurement)"
     per_scenario: dict[str, float] = dataclasses.field(default_factory=dict)
+    per_task: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def run_seconds(self, est: RunEstimate) -> float:
-        return est.work * self.per_scenario.get(est.spec.scenario, self.seconds) + self.overhead_s
+        seconds = self.per_scenario.get(est.spec.scenario, self.per_task.get(est.spec.task, self.seconds))
+        return est.work * seconds + self.overhead_s
 
 
 def train_rows(task: TaskSpec, max_train_samples: int | None) -> int:
@@ -191,60 +195,92 @@ def model_config(model: str):
         raise ConfigError(f"cannot read the architecture of {model!r} offline; give --step-seconds") from None
 
 
-def time_training_steps(cfg: StudyConfig, model: str, steps: int = 3) -> tuple[float, str]:
-    """Median seconds of a training step of ``model`` on this machine: the configured batch size,
-    synthetic inputs padded to max_seq_length (an upper bound: real batches are length-grouped)."""
+def mean_batch_length(cfg: StudyConfig, task: TaskSpec, tokenizer, batch_size: int) -> float:
+    """Mean padded length of the training batches a run of ``task`` sees: its training rows tokenized and
+    batched as the runs batch them (length-grouped when ``training.group_by_length``), over at most 50
+    batches' worth of rows."""
+    from pda.data import load_split, locate_task, subsample, tokenize
+    from pda.train import make_loader
+
+    study = effective_settings(cfg, task.name)
+    rows = load_split(task, "train", locate_task(task, study.data_dir, study.online))
+    rows = tokenize(subsample(rows, 50 * batch_size, study.data_seed), task, tokenizer, study.max_seq_length)
+    loader = make_loader(rows, tokenizer, batch_size, True, 0, study.training.group_by_length)
+    return statistics.mean(batch["input_ids"].shape[1] for batch in loader)
+
+
+def time_training_steps(cfg: StudyConfig, model: str, threads: int, steps: int = 3) -> tuple[dict[str, float], str]:
+    """Median seconds of a training step of ``model`` on this machine, per task of the study: the task's
+    teacher batch size at its mean batch length (``mean_batch_length``), under the study's precision,
+    with the torch threads each worker of the study gets. Every step is priced as the whole model's,
+    an upper bound for the pruned and distilled students, whose steps are cheaper."""
     import torch
     import transformers
 
-    from pda.models import load_pretrained_for_task
+    from pda.models import load_pretrained_for_task, load_tokenizer
+    from pda.precision import autocast, resolve_precision
     from pda.train import pick_device
 
     transformers.logging.set_verbosity_error()  # "classifier newly initialised" is expected here
-    if cfg.torch_threads:
-        torch.set_num_threads(cfg.torch_threads)
-    task = get_task(cfg.tasks[0])
-    batch_size = for_run(cfg, task.name, "FT", None, 0).study.training.batch_size
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
     device = pick_device(cfg.device)
-    net = load_pretrained_for_task(model, task).to(device).train()
-    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-5)
-    gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(1000, net.config.vocab_size, (batch_size, cfg.max_seq_length), generator=gen).to(device)
-    labels = (torch.zeros(batch_size) if task.is_regression else torch.zeros(batch_size, dtype=torch.long)).to(device)
-    times = []
-    for _ in range(steps + 1):  # the first step warms up allocators and kernels
-        start = time.perf_counter()
-        loss = net(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    where = f"{device.type}, {torch.get_num_threads()} threads" if device.type == "cpu" else device.type
-    return statistics.median(times[1:]), (f"{steps} training steps, batch {batch_size} x {cfg.max_seq_length} "
-                                          f"tokens, on this machine ({where})")
+    precision = resolve_precision(cfg.precision, device)
+    tokenizer = load_tokenizer(model)
+    per_task, lengths = {}, {}
+    try:
+        for name in cfg.tasks:
+            task = get_task(name)
+            batch_size = for_run(cfg, name, "FT", None, 0).study.training.batch_size
+            lengths[name] = mean_batch_length(cfg, task, tokenizer, batch_size)
+            net = load_pretrained_for_task(model, task).to(device).train()
+            optimizer = torch.optim.AdamW(net.parameters(), lr=1e-5, fused=device.type in ("cpu", "cuda"))
+            gen = torch.Generator().manual_seed(0)
+            ids = torch.randint(1000, net.config.vocab_size, (batch_size, round(lengths[name])), generator=gen)
+            ids = ids.to(device)
+            labels = torch.zeros(batch_size, dtype=torch.float if task.is_regression else torch.long, device=device)
+            times = []
+            for _ in range(steps + 1):  # the first step warms up allocators and kernels
+                start = time.perf_counter()
+                with autocast(precision, device):
+                    loss = net(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels).loss
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - start)
+            per_task[name] = statistics.median(times[1:])
+    finally:
+        torch.set_num_threads(previous_threads)
+    where = f"{device.type}, {threads} thread(s) per worker" if device.type == "cpu" else device.type
+    shown = ", ".join(f"{t} {lengths[t]:.0f}" for t in cfg.tasks)
+    return per_task, (f"{steps} training steps per task of the whole model, {precision}, at each task's mean batch "
+                      f"length in tokens ({shown}), on this machine ({where}); an upper bound for pruned and "
+                      "distilled students")
 
 
-def measure(cfg: StudyConfig) -> StepTime:
+def measure(cfg: StudyConfig, threads: int = 1) -> StepTime:
     """Time the configured model here; a model not available offline is timed as the embedded
     model and scaled by the ratio of multiply-adds per token of the two architectures."""
     local = cfg.model == EMBEDDED_MODEL or Path(cfg.model).exists()
     probe = cfg.model if local else EMBEDDED_MODEL
-    seconds, how = time_training_steps(cfg, probe)
-    if local:
-        return StepTime(seconds, f"measured: {probe}, {how}")
-    target, described = model_config(cfg.model)
-    embedded, _ = model_config(EMBEDDED_MODEL)
-    ratio = per_token_macs(target, cfg.max_seq_length) / per_token_macs(embedded, cfg.max_seq_length)
-    return StepTime(seconds * ratio, (
-        f"scaled: the embedded model measured at {seconds:.3f} s/step ({how}), x {ratio:.2f} = the ratio of "
-        f"multiply-adds per token, L(4h^2 + 2hI + 2sh) at s={cfg.max_seq_length}, of {cfg.model} ({described}) "
-        f"to the embedded model ({embedded.num_hidden_layers} layers, hidden {embedded.hidden_size}, "
-        f"FFN {embedded.intermediate_size})"))
+    per_task, how = time_training_steps(cfg, probe, threads)
+    ratio, scaled = 1.0, f"measured: {probe}, {how}"
+    if not local:
+        target, described = model_config(cfg.model)
+        embedded, _ = model_config(EMBEDDED_MODEL)
+        ratio = per_token_macs(target, cfg.max_seq_length) / per_token_macs(embedded, cfg.max_seq_length)
+        scaled = (f"scaled: the embedded model measured ({how}), x {ratio:.2f} = the ratio of multiply-adds per "
+                  f"token, L(4h^2 + 2hI + 2sh) at s={cfg.max_seq_length}, of {cfg.model} ({described}) to the "
+                  f"embedded model ({embedded.num_hidden_layers} layers, hidden {embedded.hidden_size}, "
+                  f"FFN {embedded.intermediate_size})")
+    per_task = {t: v * ratio for t, v in per_task.items()}
+    return StepTime(statistics.mean(per_task.values()), scaled, per_task=per_task)
 
 
-def choose_step_time(cfg: StudyConfig, step_seconds: float | None, do_measure: bool) -> StepTime | None:
+def choose_step_time(cfg: StudyConfig, step_seconds: float | None, do_measure: bool,
+                     threads: int = 1) -> StepTime | None:
     """Given beats measured-from-finished-runs beats timed-here; None when there is nothing to go on."""
     finished = from_finished_runs(cfg)
     if step_seconds is not None:
@@ -252,7 +288,7 @@ def choose_step_time(cfg: StudyConfig, step_seconds: float | None, do_measure: b
     elif finished is not None:
         return finished
     elif do_measure:
-        chosen = measure(cfg)
+        chosen = measure(cfg, threads)
     else:
         return None
     if finished is not None:  # the overhead is still best measured, whatever the step time
@@ -325,6 +361,8 @@ def time_section(estimates: list[RunEstimate], step: StepTime, workers: int) -> 
     out = [f"Step time: {step.seconds:.4g} s/step; source: {step.source}"]
     if step.per_scenario:
         out.append("  per scenario: " + ", ".join(f"{s} {v:.4g}" for s, v in step.per_scenario.items()))
+    if step.per_task:
+        out.append("  per task: " + ", ".join(f"{t} {v:.4g}" for t, v in step.per_task.items()))
     out += [f"Per-run overhead: {step.overhead_s:.0f} s; source: {step.overhead_source}", "", "Projected wall time"]
     serial = sum(seconds.values())
     rows = [["1 (serial)", human(serial), "100%"]]
@@ -360,7 +398,10 @@ def describe(cfg: StudyConfig, params_file: Path, estimates: list[RunEstimate], 
 def plan(params_file: Path, workers: int = 2, step_seconds: float | None = None, do_measure: bool = False,
          overhead_s: float | None = None, show_runs: bool = False) -> str:
     cfg = load_params(params_file)
-    step = choose_step_time(cfg, step_seconds, do_measure)
+    from pda.scaleout import cpu_count
+
+    threads = max(1, cpu_count() // max(1, workers))  # as a study with `workers` shares the cores
+    step = choose_step_time(cfg, step_seconds, do_measure, threads)
     if step is not None and overhead_s is not None:
         step.overhead_s, step.overhead_source = overhead_s, "given (--overhead-seconds)"
     return describe(cfg, Path(params_file), estimate_grid(cfg), step, workers, show_runs)

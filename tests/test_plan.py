@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -11,10 +12,12 @@ import pytest
 
 from pda.__main__ import main
 from pda.config import load_params
-from pda.plan import (FORWARD_COST, StepTime, choose_step_time, estimate_grid, estimate_run, makespan, model_config,
-                      per_token_macs, plan)
+from pda.models import load_tokenizer
+from pda.plan import (FORWARD_COST, StepTime, choose_step_time, estimate_grid, estimate_run, makespan,
+                      mean_batch_length, measure, model_config, per_token_macs, plan)
 from pda.records import RunRecord, write_record
 from pda.runs import RunSpec, expand_grid, run_dir
+from pda.tasks import get_task
 from tests.conftest import ROOT
 
 
@@ -118,3 +121,20 @@ def test_scaling_rule_for_bert_base_is_the_ratio_of_multiply_adds():
     by_hand = 12 * (4 * 768**2 + 2 * 768 * 3072 + 2 * 128 * 768) / (6 * (4 * 384**2 + 2 * 384 * 1536 + 2 * 128 * 384))
     assert per_token_macs(bert, 128) / per_token_macs(embedded, 128) == pytest.approx(by_hand)
     assert 7.5 < by_hand < 8.0
+
+
+def test_measured_steps_are_priced_at_each_tasks_real_batch_length(make_params):
+    """`--measure` must time what the runs train on: the study's precision and each task's length-grouped
+    batches, not 128 padded tokens (which projected 10.9 h for a study that took 77 min here)."""
+    cfg = load_params(make_params(tasks=["sst2", "rte"], max_train_samples=200, max_seq_length=128))
+    tokenizer = load_tokenizer("embedded")
+    short, long = (mean_batch_length(cfg, get_task(t), tokenizer, 16) for t in ("sst2", "rte"))
+    assert short < long <= 128  # SST-2's sentences are short, RTE's premise + hypothesis pairs long
+    ungrouped = mean_batch_length(dataclasses.replace(
+        cfg, training=dataclasses.replace(cfg.training, group_by_length=False)), get_task("rte"), tokenizer, 16)
+    assert long < ungrouped  # length grouping leaves less padding, and the runs train with it
+    step = measure(cfg, threads=1)
+    assert set(step.per_task) == {"sst2", "rte"} and all(v > 0 for v in step.per_task.values())
+    assert "1 thread(s) per worker" in step.source and f"sst2 {short:.0f}" in step.source
+    sst2_run = estimate_run(cfg, RunSpec("sst2", "FT", None, 0))
+    assert step.run_seconds(sst2_run) == pytest.approx(sst2_run.work * step.per_task["sst2"] + step.overhead_s)
