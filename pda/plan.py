@@ -195,15 +195,18 @@ def model_config(model: str):
         raise ConfigError(f"cannot read the architecture of {model!r} offline; give --step-seconds") from None
 
 
-def mean_batch_length(cfg: StudyConfig, task: TaskSpec, tokenizer, batch_size: int) -> float:
+def mean_batch_length(cfg: StudyConfig, task: TaskSpec, tokenizer, batch_size: int) -> float | None:
     """Mean padded length of the training batches a run of ``task`` sees: its training rows tokenized and
     batched as the runs batch them (length-grouped when ``training.group_by_length``), over at most 50
-    batches' worth of rows."""
+    batches' worth of rows; None when the rows are only on the hub (a plan downloads nothing)."""
     from pda.data import load_split, locate_task, subsample, tokenize
     from pda.train import make_loader
 
     study = effective_settings(cfg, task.name)
-    rows = load_split(task, "train", locate_task(task, study.data_dir, study.online))
+    source = locate_task(task, study.data_dir, study.online)
+    if source.is_hub:
+        return None
+    rows = load_split(task, "train", source)
     rows = tokenize(subsample(rows, 50 * batch_size, study.data_seed), task, tokenizer, study.max_seq_length)
     loader = make_loader(rows, tokenizer, batch_size, True, 0, study.training.group_by_length)
     return statistics.mean(batch["input_ids"].shape[1] for batch in loader)
@@ -227,12 +230,16 @@ def time_training_steps(cfg: StudyConfig, model: str, threads: int, steps: int =
     device = pick_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     tokenizer = load_tokenizer(model)
-    per_task, lengths = {}, {}
+    per_task, lengths, missing = {}, {}, []
     try:
         for name in cfg.tasks:
             task = get_task(name)
             batch_size = for_run(cfg, name, "FT", None, 0).study.training.batch_size
-            lengths[name] = mean_batch_length(cfg, task, tokenizer, batch_size)
+            length = mean_batch_length(cfg, task, tokenizer, batch_size)
+            if length is None:  # rows only on the hub: the padded length, an upper bound
+                length = float(effective_settings(cfg, name).max_seq_length)
+                missing.append(name)
+            lengths[name] = length
             net = load_pretrained_for_task(model, task).to(device).train()
             optimizer = torch.optim.AdamW(net.parameters(), lr=1e-5, fused=device.type in ("cpu", "cuda"))
             gen = torch.Generator().manual_seed(0)
@@ -254,7 +261,8 @@ def time_training_steps(cfg: StudyConfig, model: str, threads: int, steps: int =
     finally:
         torch.set_num_threads(previous_threads)
     where = f"{device.type}, {threads} thread(s) per worker" if device.type == "cpu" else device.type
-    shown = ", ".join(f"{t} {lengths[t]:.0f}" for t in cfg.tasks)
+    shown = ", ".join(f"{t} {lengths[t]:.0f}" + (" (rows on the hub only: padded length)" if t in missing else "")
+                      for t in cfg.tasks)
     return per_task, (f"{steps} training steps per task of the whole model, {precision}, at each task's mean batch "
                       f"length in tokens ({shown}), on this machine ({where}); an upper bound for pruned and "
                       "distilled students")

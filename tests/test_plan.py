@@ -138,3 +138,6 @@ def test_measured_steps_are_priced_at_each_tasks_real_batch_length(make_params):
     assert "1 thread(s) per worker" in step.source and f"sst2 {short:.0f}" in step.source
     sst2_run = estimate_run(cfg, RunSpec("sst2", "FT", None, 0))
     assert step.run_seconds(sst2_run) == pytest.approx(sst2_run.work * step.per_task["sst2"] + step.overhead_s)
+    # QNLI is not in data/glue: with online: true its rows would come from the hub, which a plan never reads
+    hub_only = measure(load_params(make_params(tasks=["qnli"], max_seq_length=64, online=True)), threads=1)
+    assert hub_only.per_task["qnli"] > 0 and "qnli 64 (rows on the hub only: padded length)" in hub_only.source
