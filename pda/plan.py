@@ -30,6 +30,7 @@ from pathlib import Path
 
 from pda.config import (
     EMBEDDED_MODEL, SCENARIOS, ConfigError, StudyConfig, check_data, effective_settings, for_run, load_params,
+    share_cores,
 )
 from pda.records import read_record
 from pda.runs import RunSpec, dependencies, expand_grid, runs_dir
@@ -243,7 +244,7 @@ def time_training_steps(cfg: StudyConfig, model: str, threads: int, steps: int =
             net = load_pretrained_for_task(model, task).to(device).train()
             optimizer = torch.optim.AdamW(net.parameters(), lr=1e-5, fused=device.type in ("cpu", "cuda"))
             gen = torch.Generator().manual_seed(0)
-            ids = torch.randint(1000, net.config.vocab_size, (batch_size, round(lengths[name])), generator=gen)
+            ids = torch.randint(1000, net.config.vocab_size, (batch_size, round(length)), generator=gen)
             ids = ids.to(device)
             labels = torch.zeros(batch_size, dtype=torch.float if task.is_regression else torch.long, device=device)
             times = []
@@ -406,9 +407,9 @@ def describe(cfg: StudyConfig, params_file: Path, estimates: list[RunEstimate], 
 def plan(params_file: Path, workers: int = 2, step_seconds: float | None = None, do_measure: bool = False,
          overhead_s: float | None = None, show_runs: bool = False) -> str:
     cfg = load_params(params_file)
-    from pda.scaleout import cpu_count
+    from pda.scaleout import thread_budget
 
-    threads = max(1, cpu_count() // max(1, workers))  # as a study with `workers` shares the cores
+    threads = share_cores(cfg, thread_budget(workers)).torch_threads  # what each run of such a study gets
     step = choose_step_time(cfg, step_seconds, do_measure, threads)
     if step is not None and overhead_s is not None:
         step.overhead_s, step.overhead_source = overhead_s, "given (--overhead-seconds)"
