@@ -61,6 +61,7 @@ class TrainingConfig:
     eval_every_steps: int = 0
     log_every_steps: int = 10
     group_by_length: bool = True  # batches of similar length: less padding, same examples per epoch
+    swap_pairs: bool = False  # order-free pair tasks (MRPC, QQP, STS-B): each training pair also in the other order
 
 
 @dataclasses.dataclass
@@ -344,6 +345,7 @@ def _check_settings(cfg: StudyConfig) -> None:
     _check_number("measure.threads", m.threads, 1, integer=True)
     _check_type("measure.country_iso_code", m.country_iso_code, str, "a 3-letter ISO country code such as 'DNK'")
     for name, value in (("online", cfg.online), ("training.group_by_length", t.group_by_length),
+                        ("training.swap_pairs", t.swap_pairs),
                         ("pruning.prune_hidden", p.prune_hidden), ("pruning.distill_from_teacher", p.distill_from_teacher),
                         ("distill.layer_distill", d.layer_distill),
                         ("distill.cache_teacher_logits", d.cache_teacher_logits), ("measure.speed", m.speed),
@@ -401,6 +403,20 @@ def check_data(cfg: StudyConfig) -> DataReport:
     return check_tasks(sources)
 
 
+def _check_swap_pairs(cfg: StudyConfig) -> None:
+    """``training.swap_pairs`` only where the label does not depend on the sentences' order."""
+    order_free = sorted(name for name, spec in TASKS.items() if spec.order_free)
+    for task in cfg.tasks:
+        if get_task(task).order_free:
+            continue
+        for scenario in cfg.scenarios:
+            for sparsity in cfg.sparsities if SCENARIOS[scenario]["prune"] else [None]:
+                if for_run(cfg, task, scenario, sparsity, 0).study.training.swap_pairs:
+                    raise ConfigError(f"training.swap_pairs is on for {task}/{scenario}, but {task}'s label depends "
+                                      f"on which sentence comes first; set it only for {', '.join(order_free)} "
+                                      f"(e.g. under overrides: mrpc/D:)")
+
+
 def validate(cfg: StudyConfig) -> StudyConfig:
     """Reject a bad parameter set before any training, naming the bad value and what is valid.
 
@@ -410,6 +426,7 @@ def validate(cfg: StudyConfig) -> StudyConfig:
     """
     _check_settings(cfg)
     _check_overrides(cfg)
+    _check_swap_pairs(cfg)
     report = check_data(cfg)
     if report.problems:
         raise ConfigError("\n".join(report.problems))

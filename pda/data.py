@@ -122,6 +122,27 @@ def subsample(ds: datasets.Dataset, max_samples: int | None, seed: int) -> datas
     return ds.shuffle(seed=seed).select(range(max_samples))
 
 
+def with_swapped_pairs(ds: datasets.Dataset, task: TaskSpec, offset: int) -> datasets.Dataset:
+    """``ds`` followed by each of its pairs in the other order, as rows ``idx + offset``.
+
+    For tasks whose label does not depend on the order (``task.order_free``): a paraphrase is a
+    paraphrase either way round, so a small training set doubles for free. ``offset`` (the full
+    split's row count) keeps every row's ``idx`` unique and the same in every subset, so per-row
+    caches (the teacher's logits) stay valid.
+    """
+    if not task.order_free:
+        raise ValueError(f"{task.name}'s label depends on the order of its sentences; swapping them is valid only "
+                         "for order-free pair tasks (TaskSpec.order_free)")
+    if len(ds) and max(ds["idx"]) >= offset:
+        raise ValueError(f"offset {offset} must exceed every idx (largest {max(ds['idx'])})")
+    first, second = task.text_fields
+    swapped = ds.map(lambda row: {first: row[second], second: row[first], "idx": row["idx"] + offset},
+                     desc=None, load_from_cache_file=False)
+    import datasets
+
+    return datasets.concatenate_datasets([ds, swapped])
+
+
 def tokenize(ds: datasets.Dataset, task: TaskSpec, tokenizer, max_length: int) -> datasets.Dataset:
     """Token ids without padding (batches are padded dynamically by the collator)."""
 

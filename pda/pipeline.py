@@ -20,7 +20,7 @@ import transformers
 
 from pda import backends, checkpoint, distill, fingerprint, measure, resume
 from pda.config import RunConfig
-from pda.data import load_split, locate_task, subsample, tokenize
+from pda.data import load_split, locate_task, subsample, tokenize, with_swapped_pairs
 from pda.export import evaluate_session
 from pda.metrics import predictions_from_logits, task_metrics
 from pda.precision import autocast, precision_info, resolve_precision
@@ -55,7 +55,10 @@ class TaskData:
 def prepare_data(cfg: RunConfig, tokenizer) -> TaskData:
     study, task = cfg.study, get_task(cfg.task)
     source = locate_task(task, study.data_dir, study.online)
-    train = subsample(load_split(task, "train", source), study.max_train_samples, study.data_seed)
+    full_train = load_split(task, "train", source)
+    train = subsample(full_train, study.max_train_samples, study.data_seed)
+    if study.training.swap_pairs:
+        train = with_swapped_pairs(train, task, offset=len(full_train))
     dev = {s: subsample(load_split(task, s, source), study.max_eval_samples, study.data_seed)
            for s in task.dev_splits}
     tok = lambda ds: tokenize(ds, task, tokenizer, study.max_seq_length)  # noqa: E731

@@ -97,7 +97,7 @@ def estimate_run(cfg: StudyConfig, spec: RunSpec) -> RunEstimate:
     run = for_run(cfg, spec.task, spec.scenario, spec.sparsity, spec.seed)
     study, task, flags = run.study, get_task(spec.task), SCENARIOS[spec.scenario]
     t = study.training
-    rows = train_rows(task, study.max_train_samples)
+    rows = train_rows(task, study.max_train_samples) * (2 if t.swap_pairs else 1)
     batches = math.ceil(rows / t.batch_size)
     phases = ([study.pruning.epochs, study.pruning.finetune_epochs] if flags["prune"] else [t.epochs])
     steps = [fit_steps(batches, e) for e in phases]

@@ -29,6 +29,7 @@ class TaskSpec:
     tsv_label_column: str | int = "label"
     hub_name: str = ""
     official_rows: tuple[tuple[str, int], ...] = ()  # (split, rows) of the official GLUE release
+    order_free: bool = False  # a sentence pair whose label does not depend on which sentence comes first
 
     @property
     def is_regression(self) -> bool:
@@ -57,12 +58,14 @@ TASKS: dict[str, TaskSpec] = {
         metrics=("accuracy", "f1"), main_metric="f1", group="GLUE low",
         tsv_text_columns=("#1 String", "#2 String"), tsv_label_column="Quality", hub_name="mrpc",
         official_rows=(('train', 3668), ('dev', 408)),
+        order_free=True,
     ),
     "qqp": TaskSpec(
         name="qqp", folder="QQP", text_fields=("question1", "question2"), labels=("0", "1"),
         metrics=("accuracy", "f1"), main_metric="f1", group="GLUE high",
         tsv_text_columns=("question1", "question2"), tsv_label_column="is_duplicate", hub_name="qqp",
         official_rows=(('train', 363846), ('dev', 40430)),
+        order_free=True,
     ),
     "stsb": TaskSpec(
         name="stsb", folder="STS-B", text_fields=("sentence1", "sentence2"), labels=(),
@@ -70,6 +73,7 @@ TASKS: dict[str, TaskSpec] = {
         group="GLUE low", tsv_text_columns=("sentence1", "sentence2"), tsv_label_column="score",
         hub_name="stsb",
         official_rows=(('train', 5749), ('dev', 1500)),
+        order_free=True,
     ),
     "mnli": TaskSpec(
         name="mnli", folder="MNLI", text_fields=("premise", "hypothesis"),

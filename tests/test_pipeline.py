@@ -164,3 +164,22 @@ def test_a_run_made_again_in_its_folder_drops_the_logits_of_the_model_it_replace
     (run_dir(tiny_study, "rte-FT-seed0") / "result.json").unlink()  # made again, e.g. after a manual clean-up
     pipeline.run(cfg)
     assert not old.parent.exists()
+
+
+def test_a_student_on_swapped_pairs_trains_on_both_orders_against_the_teachers_logits_for_each(make_params):
+    """Swapped rows are new rows (their own ids): the shared teacher-logit file gets the teacher's output on the
+    swapped text, not the logits of the pair it came from."""
+    study = config.load_params(make_params(**TINY, overrides={"mrpc/D": {"training": {"swap_pairs": True}}}))
+    rec = pipeline.run(config.for_run(study, "mrpc", "D", None, 0), with_dependencies=True)
+    cfg = config.for_run(study, "mrpc", "D", None, 0)
+    data = pipeline.prepare_data(cfg, pipeline.load_tokenizer(study.model))
+    ids = data.train["idx"]
+    assert len(ids) == 64 and sorted(i - 3668 for i in ids[32:]) == sorted(ids[:32])  # MRPC has 3,668 train rows
+    assert rec.train_steps == 4  # 64 rows, batch 16, one epoch
+    teacher = checkpoint.load_model(run_dir(study, "mrpc-FT-seed0") / "model")
+    cache = pipeline.shared_teacher_logits(cfg, teacher, data, torch.device("cpu"), "fp32")
+    batch = next(iter(pipeline.make_loader(data.train.select(range(32, 64)), data.tokenizer, 32, False, 0)))
+    swapped_logits = pipeline.distill.teacher_logits(teacher, batch)
+    torch.testing.assert_close(cache.get(batch["idx"]), swapped_logits, rtol=1e-4, atol=1e-4)
+    original = next(iter(pipeline.make_loader(data.train.select(range(32)), data.tokenizer, 32, False, 0)))
+    assert not torch.allclose(pipeline.distill.teacher_logits(teacher, original), swapped_logits, atol=1e-3)

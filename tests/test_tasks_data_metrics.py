@@ -133,3 +133,19 @@ def test_a_constant_regression_prediction_scores_zero_not_nan():
 def test_mnli_reports_matched_and_mismatched():
     m = task_metrics(get_task("mnli"), {"dev_matched": ([0, 1], [0, 1]), "dev_mismatched": ([0, 1], [1, 1])})
     assert m == {"accuracy_m": 100.0, "accuracy_mm": 50.0}
+
+
+def test_swapped_pairs_add_each_pair_the_other_way_round_under_ids_no_other_row_has():
+    import datasets
+
+    from pda.data import with_swapped_pairs
+
+    rows = datasets.Dataset.from_dict({"sentence1": ["a", "b"], "sentence2": ["x", "y"], "label": [1, 0],
+                                       "idx": [3, 7]})
+    both = with_swapped_pairs(rows, get_task("mrpc"), offset=10)
+    assert both["sentence1"] == ["a", "b", "x", "y"] and both["sentence2"] == ["x", "y", "a", "b"]
+    assert both["label"] == [1, 0, 1, 0] and both["idx"] == [3, 7, 13, 17]
+    with pytest.raises(ValueError, match="rte's label depends on the order"):
+        with_swapped_pairs(rows, get_task("rte"), offset=10)
+    with pytest.raises(ValueError, match="offset 5 must exceed every idx"):
+        with_swapped_pairs(rows, get_task("mrpc"), offset=5)

@@ -276,3 +276,13 @@ def test_fit_on_an_empty_training_set_raises_instead_of_looping_forever():
     worker.join(timeout=20)
     assert not worker.is_alive(), "fit is still looping over an empty loader"
     assert raised and "training set is empty" in str(raised[0])
+
+
+def test_swapping_the_sentences_of_an_order_dependent_task_names_the_run_and_the_valid_tasks(make_params):
+    both = {"tasks": ["mrpc", "rte"], "scenarios": ["FT", "D"]}
+    with pytest.raises(ConfigError, match=r"^training.swap_pairs is on for rte/D, but rte's label depends on which "
+                                          r"sentence comes first; set it only for mrpc, qqp, stsb"):
+        load_params(make_params(**both, overrides={"D": {"training": {"swap_pairs": True}}}))
+    cfg = load_params(make_params(**both, overrides={"mrpc/D": {"training": {"swap_pairs": True}}}))
+    assert config.for_run(cfg, "mrpc", "D", None, 0).study.training.swap_pairs
+    assert not config.for_run(cfg, "mrpc", "FT", None, 0).study.training.swap_pairs
