@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import adapters
 from adapters import SeqBnConfig
+from torch import nn
 from transformers import PreTrainedModel
 
 from pda.checkpoint import mark_adapter
@@ -19,7 +20,8 @@ def adapter_settings(cfg: AdapterConfig) -> SeqBnConfig:
 
 
 def add_adapters(model: PreTrainedModel, cfg: AdapterConfig, name: str = ADAPTER_NAME) -> PreTrainedModel:
-    """Insert adapters, activate them and freeze everything but adapters and the task head.
+    """Insert adapters, activate them and freeze everything but adapters, the task head and (with
+    ``cfg.train_layer_norms``, as Houlsby et al. 2019 do) the encoder's layer norms.
 
     The head must train (it is new for the task); `train_adapter` leaves it trainable, and
     we re-assert that so a later structural change cannot silently freeze or unfreeze it.
@@ -28,13 +30,20 @@ def add_adapters(model: PreTrainedModel, cfg: AdapterConfig, name: str = ADAPTER
         adapters.init(model)
     model.add_adapter(name, config=adapter_settings(cfg), overwrite_ok=True)
     model.set_active_adapters(name)
-    freeze_for_adapters(model, name)
+    freeze_for_adapters(model, name, cfg.train_layer_norms)
     mark_adapter(model.config, name, adapter_settings(cfg))  # so checkpoint.load_model re-creates it
     return model
 
 
-def freeze_for_adapters(model: PreTrainedModel, name: str = ADAPTER_NAME) -> None:
-    """Only adapter weights and the classification head train; call again after pruning makes new layers."""
+def freeze_for_adapters(model: PreTrainedModel, name: str = ADAPTER_NAME, train_layer_norms: bool = True) -> None:
+    """Only adapter weights, the classification head and, with ``train_layer_norms``, the model's own
+    layer norms train (Houlsby et al. 2019 train "the adapter, the layer normalization parameters, and
+    the final classification layer": 2 x 384 values per norm, and the only way the frozen model can
+    re-scale a residual stream that pruning changed). Call again after pruning makes new layers."""
     model.train_adapter(name)
+    norms = {f"{module_name}.{pname}" for module_name, module in model.named_modules()
+             if train_layer_norms and isinstance(module, nn.LayerNorm) and "adapters." not in module_name
+             for pname, _ in module.named_parameters(recurse=False)}
     for pname, param in model.named_parameters():
-        param.requires_grad = ("adapters." in pname and f".{name}." in pname) or pname.startswith("classifier.")
+        param.requires_grad = (("adapters." in pname and f".{name}." in pname) or pname.startswith("classifier.")
+                               or pname in norms)
