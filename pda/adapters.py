@@ -30,20 +30,25 @@ def add_adapters(model: PreTrainedModel, cfg: AdapterConfig, name: str = ADAPTER
         adapters.init(model)
     model.add_adapter(name, config=adapter_settings(cfg), overwrite_ok=True)
     model.set_active_adapters(name)
-    freeze_for_adapters(model, name, cfg.train_layer_norms)
+    freeze_for_adapters(model, name, cfg.train_layer_norms, cfg.train_pooler)
     mark_adapter(model.config, name, adapter_settings(cfg))  # so checkpoint.load_model re-creates it
     return model
 
 
-def freeze_for_adapters(model: PreTrainedModel, name: str = ADAPTER_NAME, train_layer_norms: bool = True) -> None:
-    """Only adapter weights, the classification head and, with ``train_layer_norms``, the model's own
-    layer norms train (Houlsby et al. 2019 train "the adapter, the layer normalization parameters, and
-    the final classification layer": 2 x 384 values per norm, and the only way the frozen model can
-    re-scale a residual stream that pruning changed). Call again after pruning makes new layers."""
+def freeze_for_adapters(model: PreTrainedModel, name: str = ADAPTER_NAME, train_layer_norms: bool = True,
+                        train_pooler: bool = True) -> None:
+    """Only adapter weights, the task head and, with ``train_layer_norms``, the model's own layer norms train.
+
+    Houlsby et al. (2019) train "the adapter, the layer normalization parameters, and the final
+    classification layer". With ``train_pooler`` the head is the pooler's dense layer and the classifier,
+    as in the adapters library's own classification head (dense, tanh, output); the embedded model's
+    pooler was never trained (zero bias, weights at their initial scale). Call again after pruning makes
+    new layers.
+    """
     model.train_adapter(name)
     norms = {f"{module_name}.{pname}" for module_name, module in model.named_modules()
              if train_layer_norms and isinstance(module, nn.LayerNorm) and "adapters." not in module_name
              for pname, _ in module.named_parameters(recurse=False)}
+    head = ("classifier.", f"{model.base_model_prefix}.pooler.") if train_pooler else ("classifier.",)
     for pname, param in model.named_parameters():
-        param.requires_grad = (("adapters." in pname and f".{name}." in pname) or pname.startswith("classifier.")
-                               or pname in norms)
+        param.requires_grad = ("adapters." in pname and f".{name}." in pname) or pname.startswith(head) or pname in norms

@@ -72,6 +72,7 @@ class AdapterConfig:
     reduction_factor: int = 16
     learning_rate: float = 1e-3
     train_layer_norms: bool = True  # as Houlsby et al. (2019): adapters, layer norms and the head train
+    train_pooler: bool = True  # the head is the pooler's dense layer + the classifier (the adapters library's head)
 
 
 @dataclasses.dataclass
@@ -347,6 +348,7 @@ def _check_settings(cfg: StudyConfig) -> None:
     _check_type("measure.country_iso_code", m.country_iso_code, str, "a 3-letter ISO country code such as 'DNK'")
     for name, value in (("online", cfg.online), ("training.group_by_length", t.group_by_length),
                         ("training.swap_pairs", t.swap_pairs), ("adapters.train_layer_norms", a.train_layer_norms),
+                        ("adapters.train_pooler", a.train_pooler),
                         ("pruning.prune_hidden", p.prune_hidden), ("pruning.distill_from_teacher", p.distill_from_teacher),
                         ("distill.layer_distill", d.layer_distill),
                         ("distill.cache_teacher_logits", d.cache_teacher_logits), ("measure.speed", m.speed),

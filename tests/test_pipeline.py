@@ -38,12 +38,19 @@ def test_same_seed_same_metrics_different_seed_different_weights(make_params, tm
     assert records[0].metrics != records[2].metrics
 
 
-def test_adapter_run_trains_only_adapters_and_head(tiny_study):
-    rec = pipeline.run(config.for_run(tiny_study, "mrpc", "A", None, 0))
+@pytest.mark.parametrize("layer_norms", [True, False])
+def test_adapter_run_trains_only_adapters_head_and_as_houlsby_the_layer_norms(make_params, layer_norms):
+    study = config.load_params(make_params(**TINY, adapters={"train_layer_norms": layer_norms}))
+    rec = pipeline.run(config.for_run(study, "mrpc", "A", None, 0))
     assert 0 < rec.params["trainable"] < 0.02 * rec.params["total"]
-    model = checkpoint.load_model(run_dir(tiny_study, rec.run_id) / "model")
+    model = checkpoint.load_model(run_dir(study, rec.run_id) / "model")
     names = {n for n, _ in model.named_parameters()}
     assert any(".adapters.pda." in n for n in names)
+    pretrained = pipeline.load_pretrained_for_task(study.model, pipeline.get_task("mrpc")).state_dict()
+    changed = {n for n, p in model.state_dict().items() if n in pretrained and not torch.equal(p, pretrained[n])}
+    norms = {n for n in pretrained if "LayerNorm" in n}
+    assert changed - norms == {"classifier.weight", "classifier.bias"}  # the rest of the encoder stays frozen
+    assert (changed & norms == norms) if layer_norms else not changed & norms
 
 
 def test_pruned_distilled_adapter_run_end_to_end(tiny_study):
