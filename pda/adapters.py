@@ -20,8 +20,8 @@ def adapter_settings(cfg: AdapterConfig) -> SeqBnConfig:
 
 
 def add_adapters(model: PreTrainedModel, cfg: AdapterConfig, name: str = ADAPTER_NAME) -> PreTrainedModel:
-    """Insert adapters, activate them and freeze everything but adapters, the task head and (with
-    ``cfg.train_layer_norms``, as Houlsby et al. 2019 do) the encoder's layer norms.
+    """Insert adapters, activate them and freeze everything else but the task head and, as
+    ``cfg.train_layer_norms`` and ``cfg.train_pooler`` say, the layer norms and the pooler.
 
     The head must train (it is new for the task); `train_adapter` leaves it trainable, and
     we re-assert that so a later structural change cannot silently freeze or unfreeze it.

@@ -126,7 +126,7 @@ def with_swapped_pairs(ds: datasets.Dataset, task: TaskSpec, offset: int) -> dat
     """``ds`` followed by each of its pairs in the other order, as rows ``idx + offset``.
 
     For tasks whose label does not depend on the order (``task.order_free``): a paraphrase is a
-    paraphrase either way round, so a small training set doubles for free. ``offset`` (the full
+    paraphrase either way round, so a small training set doubles without new labels. ``offset`` (the full
     split's row count) keeps every row's ``idx`` unique and the same in every subset, so per-row
     caches (the teacher's logits) stay valid.
     """

@@ -38,9 +38,10 @@ def test_same_seed_same_metrics_different_seed_different_weights(make_params, tm
     assert records[0].metrics != records[2].metrics
 
 
-@pytest.mark.parametrize("layer_norms", [True, False])
-def test_adapter_run_trains_only_adapters_head_and_as_houlsby_the_layer_norms(make_params, layer_norms):
-    study = config.load_params(make_params(**TINY, adapters={"train_layer_norms": layer_norms}))
+@pytest.mark.parametrize("layer_norms, pooler", [(True, True), (False, False)])
+def test_adapter_run_trains_only_adapters_head_and_as_houlsby_the_layer_norms(make_params, layer_norms, pooler):
+    study = config.load_params(make_params(**TINY, adapters={"train_layer_norms": layer_norms,
+                                                             "train_pooler": pooler}))
     rec = pipeline.run(config.for_run(study, "mrpc", "A", None, 0))
     assert 0 < rec.params["trainable"] < 0.02 * rec.params["total"]
     model = checkpoint.load_model(run_dir(study, rec.run_id) / "model")
@@ -49,7 +50,9 @@ def test_adapter_run_trains_only_adapters_head_and_as_houlsby_the_layer_norms(ma
     pretrained = pipeline.load_pretrained_for_task(study.model, pipeline.get_task("mrpc")).state_dict()
     changed = {n for n, p in model.state_dict().items() if n in pretrained and not torch.equal(p, pretrained[n])}
     norms = {n for n in pretrained if "LayerNorm" in n}
-    assert changed - norms == {"classifier.weight", "classifier.bias"}  # the rest of the encoder stays frozen
+    head = {"classifier.weight", "classifier.bias"} | ({"bert.pooler.dense.weight", "bert.pooler.dense.bias"}
+                                                       if pooler else set())
+    assert changed - norms == head  # the rest of the encoder stays frozen
     assert (changed & norms == norms) if layer_norms else not changed & norms
 
 
