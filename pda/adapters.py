@@ -30,25 +30,25 @@ def add_adapters(model: PreTrainedModel, cfg: AdapterConfig, name: str = ADAPTER
         adapters.init(model)
     model.add_adapter(name, config=adapter_settings(cfg), overwrite_ok=True)
     model.set_active_adapters(name)
-    freeze_for_adapters(model, name, cfg.train_layer_norms, cfg.train_pooler)
+    freeze_for_adapters(model, cfg, name)
     mark_adapter(model.config, name, adapter_settings(cfg))  # so checkpoint.load_model re-creates it
     return model
 
 
-def freeze_for_adapters(model: PreTrainedModel, name: str = ADAPTER_NAME, train_layer_norms: bool = True,
-                        train_pooler: bool = True) -> None:
-    """Only adapter weights, the task head and, with ``train_layer_norms``, the model's own layer norms train.
+def freeze_for_adapters(model: PreTrainedModel, cfg: AdapterConfig, name: str = ADAPTER_NAME) -> None:
+    """Only adapter weights, the task head and, with ``cfg.train_layer_norms``, the model's own layer norms train.
 
     Houlsby et al. (2019) train "the adapter, the layer normalization parameters, and the final
-    classification layer". With ``train_pooler`` the head is the pooler's dense layer and the classifier,
+    classification layer". With ``cfg.train_pooler`` the head is the pooler's dense layer and the classifier,
     as in the adapters library's own classification head (dense, tanh, output); the embedded model's
     pooler was never trained (zero bias, weights at their initial scale). Call again after pruning makes
     new layers.
     """
     model.train_adapter(name)
     norms = {f"{module_name}.{pname}" for module_name, module in model.named_modules()
-             if train_layer_norms and isinstance(module, nn.LayerNorm) and "adapters." not in module_name
+             if cfg.train_layer_norms and isinstance(module, nn.LayerNorm) and "adapters." not in module_name
              for pname, _ in module.named_parameters(recurse=False)}
-    head = ("classifier.", f"{model.base_model_prefix}.pooler.") if train_pooler else ("classifier.",)
+    head = ("classifier.", f"{model.base_model_prefix}.pooler.") if cfg.train_pooler else ("classifier.",)
     for pname, param in model.named_parameters():
-        param.requires_grad = ("adapters." in pname and f".{name}." in pname) or pname.startswith(head) or pname in norms
+        adapter = "adapters." in pname and f".{name}." in pname
+        param.requires_grad = adapter or pname.startswith(head) or pname in norms

@@ -103,9 +103,7 @@ def prune_and_export(model: torch.nn.Module, loader: DataLoader, cfg: RunConfig,
     if cfg.flags["adapters"]:
         from pda import adapters as pda_adapters
 
-        # again after the export, which may create fresh layers that would train otherwise
-        a = cfg.study.adapters
-        pda_adapters.freeze_for_adapters(model, train_layer_norms=a.train_layer_norms, train_pooler=a.train_pooler)
+        pda_adapters.freeze_for_adapters(model, cfg.study.adapters)  # export may create fresh layers that would train
     tuned = fit(model, loader, epochs=p.finetune_epochs, learning_rate=cfg.finetune_learning_rate or lr,
                 loss_fn=loss_fn, extensions=others,
                 desc=f"fine-tune pruned {cfg.task} {cfg.scenario}",
