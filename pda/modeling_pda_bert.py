@@ -8,8 +8,7 @@ therefore never import ``pda`` or ``adapters``.
 What the config may carry on top of a ``BertConfig``:
 
 - ``pda_structure``: per layer the kept heads (original indices), whether the MHA block is kept, the
-  kept FFN units and whether the FFN block is kept. A removed block is skipped (``mha_identity`` /
-  ``ffn_identity``, as CoFi removes blocks) or, in structures saved without those keys, ``LayerNorm(x + const)``.
+  kept FFN units and whether the FFN block is kept. A removed block is ``LayerNorm(x + const)``.
 - ``pda_adapter``: ``{"name", "config"}`` with a sequential bottleneck adapter configuration as the
   ``adapters`` library writes it (Houlsby ``double_seq_bn`` or Pfeiffer ``seq_bn``). The forward below
   reproduces that library's ``pre_forward`` / ``forward`` / ``post_forward`` for one active adapter.
@@ -45,10 +44,8 @@ class PdaBertConfig(BertConfig):
 def layer_plan(config: BertConfig) -> list[dict[str, Any]]:
     """Per layer: ``heads`` kept (count), ``head_dim``, ``ffn`` units kept, and adapter bottleneck sizes.
 
-    ``heads == 0`` means the MHA block was removed, ``ffn == 0`` the FFN block: skipped when
-    ``mha_identity`` (``ffn_identity``), else ``LayerNorm(x + c)`` (structures saved before pda skipped
-    removed blocks have no such key); ``attention_adapter`` and ``output_adapter`` are the bottleneck
-    widths (0: no adapter there).
+    ``heads == 0`` means the MHA block was removed, ``ffn == 0`` the FFN block; ``attention_adapter``
+    and ``output_adapter`` are the bottleneck widths (0: no adapter there).
     """
     hidden, layers = config.hidden_size, config.num_hidden_layers
     structure = getattr(config, "pda_structure", None)
@@ -58,15 +55,12 @@ def layer_plan(config: BertConfig) -> list[dict[str, Any]]:
         if structure["hidden_kept"] != hidden:
             raise ValueError(f"pruned hidden size {structure['hidden_kept']} != {hidden} is not supported")
         specs = [{"heads": len(s["heads_kept"]) if s["mha_kept"] else 0, "head_dim": hidden // s["num_heads"],
-                  "ffn": s["ffn_units_kept"] if s["ffn_kept"] else 0,
-                  "mha_identity": not s["mha_kept"] and s.get("mha_identity", False),
-                  "ffn_identity": not s["ffn_kept"] and s.get("ffn_identity", False)} for s in structure["layers"]]
+                  "ffn": s["ffn_units_kept"] if s["ffn_kept"] else 0} for s in structure["layers"]]
     else:
         pruned = {int(k): v for k, v in (getattr(config, "pruned_heads", None) or {}).items()}
         head_dim = hidden // config.num_attention_heads
         specs = [{"heads": config.num_attention_heads - len(pruned.get(i, ())), "head_dim": head_dim,
-                  "ffn": config.intermediate_size, "mha_identity": False, "ffn_identity": False}
-                 for i in range(layers)]
+                  "ffn": config.intermediate_size} for i in range(layers)]
     adapter = adapter_options(config)
     for i, spec in enumerate(specs):
         size = _bottleneck_size(adapter, i, hidden) if adapter else 0
@@ -189,13 +183,6 @@ class ConstantSublayer(nn.Module):
         return self.LayerNorm(x) if self.folded else self.LayerNorm(x + self.const)
 
 
-class Identity(nn.Module):
-    """A removed block that is skipped (its block gate was 0, as in CoFi): no weights, no cost."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
-
 class SelfAttention(nn.Module):
     """Q, K, V projections for the kept heads, scaled dot-product attention over an additive mask."""
 
@@ -217,13 +204,13 @@ class SelfAttention(nn.Module):
 
 
 class Attention(nn.Module):
-    """The attention sublayer; a removed MHA keeps only ``output`` (an ``Identity`` or a ``ConstantSublayer``)."""
+    """The attention sublayer; a removed MHA keeps only ``output`` (a ``ConstantSublayer``)."""
 
     def __init__(self, config: BertConfig, spec: dict[str, Any], options: dict[str, Any] | None) -> None:
         super().__init__()
         self.removed = spec["heads"] == 0
         if self.removed:
-            self.output = Identity() if spec["mha_identity"] else ConstantSublayer(config)
+            self.output = ConstantSublayer(config)
         else:
             self.self = SelfAttention(config, spec["heads"], spec["head_dim"])
             self.output = SublayerOutput(spec["heads"] * spec["head_dim"], config, spec["attention_adapter"], options)
@@ -252,7 +239,7 @@ class Layer(nn.Module):
         self.attention = Attention(config, spec, options)
         self.ffn_removed = spec["ffn"] == 0
         if self.ffn_removed:
-            self.output = Identity() if spec["ffn_identity"] else ConstantSublayer(config)
+            self.output = ConstantSublayer(config)
         else:
             self.intermediate = Intermediate(config, spec["ffn"])
             self.output = SublayerOutput(spec["ffn"], config, spec["output_adapter"], options)
@@ -336,8 +323,6 @@ def fold_constants(model: "PdaBertForSequenceClassification") -> int:
                         sub.folded = True
                         folded += 1
                     previous = sub.LayerNorm
-                elif isinstance(sub, Identity):  # passes the previous LayerNorm's output on unchanged
-                    continue
                 else:  # ends with its LayerNorm unless an adapter moved it
                     ends_with_ln = sub.options is None or sub.options.get("original_ln_after", True)
                     previous = sub.LayerNorm if ends_with_ln else None

@@ -28,9 +28,8 @@ class RunRecord:
     - ``params``: ``{"total", "encoder", "embeddings", "trainable"}`` counts of
       the final (exported) model; ``teacher_params`` the same for the teacher.
     - ``sparsity_achieved``: ``{"encoder", "total"}`` = 1 - params/teacher params.
-    - ``structure``: ``{"layers": [{"layer", "heads_kept", "num_heads", "mha_kept", "mha_identity",
-      "ffn_units_kept", "ffn_size", "ffn_kept", "ffn_identity"}], "hidden_kept", "hidden_size"}``
-      (``*_identity``: the removed block is skipped; absent in records of earlier versions).
+    - ``structure``: ``{"layers": [{"layer", "heads_kept", "num_heads", "mha_kept",
+      "ffn_units_kept", "ffn_size", "ffn_kept"}], "hidden_kept", "hidden_size"}``.
     - ``pruning``: ``{"target", "expected_sparsity_at_end", "achieved_vs_input", "prune_steps",
       "finetune_steps", "counts"}``; ``achieved_vs_input`` is the exact sparsity of the kept
       structure relative to the model that was pruned (the teacher for P, the student for P+D).

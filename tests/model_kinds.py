@@ -56,12 +56,10 @@ def with_adapters(model: nn.Module, config: str = "double_seq_bn", via_pda: bool
     return model.eval()
 
 
-def gates(layers: int, seed: int = 1, first_case: int = 0, removed: str = "identity") -> dict[str, torch.Tensor]:
+def gates(layers: int, seed: int = 1, first_case: int = 0) -> dict[str, torch.Tensor]:
     """Fractional gates with every case: layer 0 uneven heads and half the FFN; then a removed MHA,
     a removed FFN (the FFN kept elsewhere at another width), and both removed, cycling over the
-    remaining layers from ``first_case``. ``removed``: ``identity`` switches a removed block's gate
-    off (it is skipped); ``constant`` zeroes all its heads (units) under a block gate left on, so it
-    computes LayerNorm(x + c), as every removed block did before pda skipped them."""
+    remaining layers from ``first_case``."""
     g = torch.Generator().manual_seed(seed)
     frac = lambda *shape: 0.3 + 0.7 * torch.rand(*shape, generator=g)  # noqa: E731
     head, mha, inter, ffn = frac(layers, HEADS), frac(layers), frac(layers, FFN), frac(layers)
@@ -69,18 +67,17 @@ def gates(layers: int, seed: int = 1, first_case: int = 0, removed: str = "ident
     inter[0, ::2] = 0
     for i in range(1, layers):
         case = (i - 1 + first_case) % 3
-        for block, units in ((mha, head),) * (case in (0, 2)) + ((ffn, inter),) * (case in (1, 2)):
-            if removed == "identity":
-                block[i] = 0
-            else:
-                units[i] = 0
+        if case in (0, 2):
+            mha[i] = 0
+        if case in (1, 2):
+            ffn[i] = 0
         if case == 1:
             inter[i, : FFN // 4] = 0  # a different FFN width where it is kept
     return {"head": head, "mha": mha, "int": inter, "ffn": ffn}
 
 
-def pruned(model: nn.Module, seed: int = 1, first_case: int = 0, removed: str = "identity") -> nn.Module:
-    export_pruned(model, gates(len(model.bert.encoder.layer), seed, first_case, removed))
+def pruned(model: nn.Module, seed: int = 1, first_case: int = 0) -> nn.Module:
+    export_pruned(model, gates(len(model.bert.encoder.layer), seed, first_case))
     return model.eval()
 
 
@@ -119,13 +116,10 @@ KINDS: dict[str, tuple[Callable[[], nn.Module], bool]] = {
     "D": (lambda: student(tiny()), True),
     "D+A": (lambda: with_adapters(student(tiny()), via_pda=True), False),
     "P": (lambda: pruned(tiny()), False),
-    "P-constant": (lambda: pruned(tiny(), removed="constant"), False),
     "P-stock": (stock_pruned, True),
     "P+A": (lambda: pruned(with_adapters(tiny(), via_pda=True)), False),
     "P+D": (lambda: pruned(student(tiny()), first_case=2), False),
     "P+D+A": (lambda: pruned(with_adapters(student(tiny()), via_pda=True), seed=2, first_case=1), False),
-    "P+D+A-constant": (lambda: pruned(with_adapters(student(tiny()), via_pda=True), seed=2, first_case=1,
-                                      removed="constant"), False),
 }
 
 

@@ -157,14 +157,14 @@ def test_export_command_names_a_missing_run_and_bad_numbers(tmp_path: Path, caps
 
 
 def test_removed_blocks_are_folded_into_the_layernorm_before_them(tmp_path: Path, monkeypatch) -> None:
-    """Every block removed as LayerNorm(x + c) (layers 1, 2 and twice 3 here) loses its add; logits stay exact."""
+    """Every removed block (layers 1, 2 and twice 3 here) loses its add; logits stay exact."""
     import copy
 
     import onnx
 
     from pda.modeling_pda_bert import fold_constants
 
-    deployable = deployable_model(pruned(tiny(), removed="constant"))
+    deployable = deployable_model(pruned(tiny()))
     folded = copy.deepcopy(deployable)
     assert fold_constants(folded) == 4 and fold_constants(folded) == 0  # once only
     batch = export.example_inputs(4, 17, 100)

@@ -238,15 +238,6 @@ def test_a_changed_setting_changes_the_runs_that_see_it_and_their_dependents(mak
     assert {s for s, sp in runs.items() if fp(base, "mrpc", s, sp) != fp(changed, "mrpc", s, sp)} == affected
 
 
-def test_a_new_pruning_method_remakes_the_pruned_runs_only(make_params, monkeypatch):
-    """Records of pruned runs made by an older method (removed blocks as LayerNorm) are never reused."""
-    cfg = load_params(make_params(**GRID))
-    runs = {"FT": None, "base": None, "A": None, "D": None, "P+D": 0.6}
-    before = {s: fp(cfg, "mrpc", s, sp) for s, sp in runs.items()}
-    monkeypatch.setattr(fingerprint, "PRUNING_METHOD", "another")
-    assert {s for s, sp in runs.items() if fp(cfg, "mrpc", s, sp) != before[s]} == {"P+D"}
-
-
 def test_a_run_hashes_its_dependencies_fingerprints_computed_from_the_config(make_params):
     base = load_params(make_params(**GRID))
     ft, d, pd = fp(base, "mrpc", "FT"), fp(base, "mrpc", "D"), fp(base, "mrpc", "P+D", 0.6)

@@ -202,15 +202,12 @@ def test_adapters_the_file_cannot_reproduce_are_refused_at_save(tmp_path: Path, 
 
 
 def test_an_older_pruned_checkpoint_without_the_modeling_file_still_loads_with_pda(tmp_path: Path) -> None:
-    """Directories saved before this format (model_type bert + pda_structure, removed blocks as
-    LayerNorm(x + c) with no ``*_identity`` keys) keep loading with load_model."""
-    model = pruned(tiny(), removed="constant")
+    """Directories saved before this format (model_type bert + pda_structure) keep loading with load_model."""
+    model = pruned(tiny())
     save_model(model, tmp_path / "m")
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     for key in ("auto_map", "pda_base_model_type"):
         config.pop(key)
-    for layer in config["pda_structure"]["layers"]:
-        assert not layer.pop("mha_identity") and not layer.pop("ffn_identity")
     config["model_type"] = "bert"
     (tmp_path / "m" / "config.json").write_text(json.dumps(config))
     (tmp_path / "m" / MODELING_FILE).unlink()

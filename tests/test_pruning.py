@@ -360,64 +360,6 @@ def test_pruner_hooks_follow_train_eval_mode_and_train_the_gates() -> None:
         torch.testing.assert_close(logits(model), first, rtol=0, atol=0)
 
 
-def _open_gates(**off: tuple[int, ...]) -> dict[str, torch.Tensor]:
-    gates = {"head": torch.ones(LAYERS, HEADS), "mha": torch.ones(LAYERS), "int": torch.ones(LAYERS, FFN),
-             "ffn": torch.ones(LAYERS)}
-    for group, layers in off.items():
-        gates[group][list(layers)] = 0
-    return gates
-
-
-@pytest.mark.parametrize("with_adapters", [False, True])
-def test_a_block_gated_off_is_skipped_as_in_cofi_not_layer_normed(with_adapters: bool) -> None:
-    """z_MHA = z_FFN = 0 in layer 1: its output is its input, bit for bit (no LayerNorm, no adapter),
-    in training (with a gradient to what comes before) and in eval; with the block gates on and every
-    head and unit off instead, the layer still applies its LayerNorms."""
-    model = tiny_model(with_adapters=with_adapters)
-    with attach_gates(model, _open_gates(mha=(1,), ffn=(1,))):
-        model.train()
-        out = model(**batch(), output_hidden_states=True)
-        torch.testing.assert_close(out.hidden_states[2], out.hidden_states[1], rtol=0, atol=0)
-        out.logits.sum().backward()
-        trained = [q for q in model.bert.encoder.layer[0].parameters() if q.requires_grad]
-        assert trained and all(q.grad is not None and q.grad.abs().sum() > 0 for q in trained)
-        model.eval()
-        with torch.no_grad():
-            hidden = model(**batch(), output_hidden_states=True).hidden_states
-        torch.testing.assert_close(hidden[2], hidden[1], rtol=0, atol=0)
-    with attach_gates(model, _open_gates(head=(1,), int=(1,))), torch.no_grad():
-        hidden = model(**batch(), output_hidden_states=True).hidden_states
-        assert (hidden[2] - hidden[1]).abs().max() > 1e-2
-
-
-def test_final_gates_switch_off_blocks_left_without_heads_or_units() -> None:
-    from pda.pruning.sparsity import switch_off_empty_blocks
-
-    gates = _open_gates(head=(2,), int=(0, 3))
-    gates["mha"][1] = 0.5
-    out = switch_off_empty_blocks(gates)
-    assert out["mha"].tolist() == [1, 0.5, 0, 1] and out["ffn"].tolist() == [0, 1, 1, 0]
-    assert gates["mha"][2] == 1  # a copy
-    pruner = L0Pruner(tiny_config(), target_sparsity=0.95)
-    final = pruner.deterministic_gates()
-    for units, block in (("head", "mha"), ("int", "ffn")):
-        empty = ~((final[units] * final[block][:, None]) > 0).any(dim=1)
-        assert (final[block][empty] == 0).all()
-
-
-def test_an_exported_identity_block_has_no_weights_and_the_gated_logits() -> None:
-    model = tiny_model()
-    gates = _open_gates(mha=(1, 3), ffn=(1,))
-    with attach_gates(model, gates):
-        gated = logits(model)
-    structure = export_pruned(model, gates)
-    torch.testing.assert_close(logits(model), gated, atol=1e-5, rtol=1e-5)
-    layers = model.bert.encoder.layer
-    assert [s["mha_identity"] for s in structure["layers"]] == [False, True, False, True]
-    assert [s["ffn_identity"] for s in structure["layers"]] == [False, True, False, False]
-    assert not list(layers[1].parameters()) and not list(layers[3].attention.parameters())
-
-
 # --- export ------------------------------------------------------------------------------
 
 
@@ -467,8 +409,8 @@ def test_export_parameter_count_matches_structure_and_sparsity() -> None:
     assert model.config.pda_structure == structure
     assert json.loads(json.dumps(structure)) == structure
     assert set(structure) == {"layers", "hidden_kept", "hidden_size"}
-    assert set(structure["layers"][0]) == {"layer", "heads_kept", "num_heads", "mha_kept", "mha_identity", "ffn_units_kept",
-                                           "ffn_size", "ffn_kept", "ffn_identity"}
+    assert set(structure["layers"][0]) == {"layer", "heads_kept", "num_heads", "mha_kept", "ffn_units_kept",
+                                           "ffn_size", "ffn_kept"}
     counts = count_parameters(model)
     assert counts["total"] == sum(p.numel() for p in model.parameters())
     assert counts["total"] - counts["encoder"] - counts["embeddings"] == sum(

@@ -1,11 +1,10 @@
 """Turn a gated BERT into a physically smaller dense one, so pruning yields real size and speed gains.
 
 ``export_pruned`` folds the (possibly fractional) eval gates into the weights, slices away pruned
-heads and FFN units, and replaces a block whose block gate is 0 by an ``IdentitySublayer`` (the
-block is skipped, as in CoFi: no LayerNorm, no adapter) and a block that keeps no head (unit) under
-a nonzero block gate by a ``ConstantSublayer`` computing ``LayerNorm(residual + c)`` without any
-matmul. A layer whose MHA and FFN are both removed becomes one ``ConstantLayer``, with none of the
-layer's attention-mask, chunking or FFN machinery (nothing at all when both blocks are identities). Its logits equal the gated model's eval logits. ``apply_structure`` gives a freshly built stock model the same shapes,
+heads and FFN units, and replaces a sublayer whose output became a constant by a
+``ConstantSublayer`` computing ``LayerNorm(residual + c)`` without any matmul. A layer whose MHA and
+FFN are both removed becomes one ``ConstantLayer``: two LayerNorms and two adds, with none of the
+layer's attention-mask, chunking or FFN machinery. Its logits equal the gated model's eval logits. ``apply_structure`` gives a freshly built stock model the same shapes,
 so saved weights load with ``strict=True``.
 """
 
@@ -39,17 +38,10 @@ class ConstantSublayer(nn.Module):
         return self.LayerNorm(input_tensor + self.const)
 
 
-class IdentitySublayer(nn.Module):
-    """A block switched off by its block gate: returns ``input_tensor`` (CoFi's skip); no weights."""
-
-    def forward(self, hidden_states: Any, input_tensor: torch.Tensor) -> torch.Tensor:
-        return input_tensor
-
-
 class PrunedAttention(nn.Module):
     """Stands in for ``BertAttention`` when the whole MHA is pruned (attention weights: None)."""
 
-    def __init__(self, output: ConstantSublayer | IdentitySublayer) -> None:
+    def __init__(self, output: ConstantSublayer) -> None:
         super().__init__()
         self.output = output
 
@@ -70,7 +62,7 @@ class ConstantLayer(nn.Module):
     Keeps BertLayer's child names (``attention.output``, ``output``) so the weights keep their names.
     """
 
-    def __init__(self, attention: PrunedAttention, output: ConstantSublayer | IdentitySublayer) -> None:
+    def __init__(self, attention: PrunedAttention, output: ConstantSublayer) -> None:
         super().__init__()
         self.attention = attention
         self.intermediate = PrunedIntermediate()
@@ -123,16 +115,19 @@ def apply_structure(model: nn.Module, structure: Mapping[str, Any]) -> None:
                          f"{structure['hidden_kept']}/{structure['hidden_size']} does not fit this model")
     for i, (layer, spec) in enumerate(zip(layers, structure["layers"])):
         if not spec["mha_kept"] and not spec["ffn_kept"]:
-            layers[i] = ConstantLayer(PrunedAttention(_removed(layer.attention.output, spec, "mha")),
-                                      _removed(layer.output, spec, "ffn"))
+            attention_ln, output_ln = layer.attention.output.LayerNorm, layer.output.LayerNorm
+            layers[i] = ConstantLayer(PrunedAttention(ConstantSublayer(attention_ln, _zero_const(attention_ln))),
+                                      ConstantSublayer(output_ln, _zero_const(output_ln)))
             continue
         if not spec["mha_kept"]:
-            layer.attention = PrunedAttention(_removed(layer.attention.output, spec, "mha"))
+            out = layer.attention.output
+            layer.attention = PrunedAttention(ConstantSublayer(out.LayerNorm, _zero_const(out.LayerNorm)))
         else:
             _reshape_heads(layer.attention, spec["heads_kept"], spec["num_heads"])
         if not spec["ffn_kept"]:
+            out = layer.output
             layer.intermediate = PrunedIntermediate()
-            layer.output = _removed(layer.output, spec, "ffn")
+            layer.output = ConstantSublayer(out.LayerNorm, _zero_const(out.LayerNorm))
         else:
             _reshape_ffn(layer, spec["ffn_units_kept"], spec["ffn_size"])
 
@@ -146,9 +141,7 @@ def _export_attention(layer: nn.Module, z_head: torch.Tensor, z_mha: torch.Tenso
     head_dim = attention.self.attention_head_size
     _fold(dense, columns=(z_mha * z_head).repeat_interleave(head_dim), out_scale=z_mha)
     kept = torch.nonzero(z_head * z_mha > 0).flatten().tolist()
-    if z_mha == 0:
-        layer.attention = PrunedAttention(IdentitySublayer())
-    elif not kept:
+    if not kept:
         const = _constant_output(attention.output, _bias_or_zero(dense))
         layer.attention = PrunedAttention(ConstantSublayer(attention.output.LayerNorm, const))
     elif len(kept) < z_head.shape[0]:
@@ -160,10 +153,7 @@ def _export_ffn(layer: nn.Module, z_int: torch.Tensor, z_ffn: torch.Tensor) -> N
     dense = layer.output.dense
     _fold(dense, columns=z_ffn * z_int, out_scale=z_ffn)
     kept = torch.nonzero(z_int * z_ffn > 0).flatten()
-    if z_ffn == 0:
-        layer.intermediate = PrunedIntermediate()
-        layer.output = IdentitySublayer()
-    elif kept.numel() == 0:
+    if kept.numel() == 0:
         const = _constant_output(layer.output, _bias_or_zero(dense))
         layer.intermediate = PrunedIntermediate()
         layer.output = ConstantSublayer(layer.output.LayerNorm, const)
@@ -248,14 +238,6 @@ def _slice_linear(linear: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear
         bias = bias[index.to(bias.device)] if dim == 0 else bias
         new.bias = nn.Parameter(bias.clone(), requires_grad=linear.bias.requires_grad)
     return new
-
-
-def _removed(sublayer: nn.Module, spec: Mapping[str, Any], block: str) -> ConstantSublayer | IdentitySublayer:
-    """What stands for a removed block of ``spec``: an identity, or (structures saved before identities,
-    or a block gate left on) ``LayerNorm(x + c)`` with ``sublayer``'s LayerNorm, c loaded with the weights."""
-    if spec.get(f"{block}_identity", False):
-        return IdentitySublayer()
-    return ConstantSublayer(sublayer.LayerNorm, _zero_const(sublayer.LayerNorm))
 
 
 def _zero_const(layer_norm: nn.LayerNorm) -> torch.Tensor:

@@ -19,7 +19,6 @@ from .sparsity import (
     full_encoder_weights,
     lagrangian_term,
     gates_meeting_target,
-    switch_off_empty_blocks,
     structure_from_gates,
     structure_sparsity,
     target_at,
@@ -212,9 +211,7 @@ class L0Pruner(nn.Module):
         the same factor it carries in ``expected_weights`` -- and removed lowest first, each
         subtracting its own weights (head 4 d head_dim, unit 2 d), until the exact sparsity is >=
         the target (overshoot < one structure). So heads in a layer with a weak MHA gate go first.
-        A layer emptied this way gets its MHA (FFN) gate set to 0, and so does one that CoFi's rule left
-        with no head (unit) at all (``switch_off_empty_blocks``): every removed block is then skipped as
-        an identity rather than left as ``LayerNorm(x + z b)``. Kept gates keep their fractional
+        A layer emptied this way gets its MHA (FFN) gate set to 0. Kept gates keep their fractional
         values, so the gates dict still is exactly what ``export_pruned`` folds in.
 
         ``meet_target=False`` gives CoFi's rule alone, i.e. the same gates as an eval forward
@@ -231,8 +228,7 @@ class L0Pruner(nn.Module):
             # rank every head and unit from scratch, all present at their kept values.
             gates = {name: g.kept_value() for name, g in self.gate_modules().items()}
             gates["mha"], gates["ffn"] = gates["mha"].squeeze(-1), gates["ffn"].squeeze(-1)
-        return switch_off_empty_blocks(
-            gates_meeting_target(gates, head_score, int_score, self.hidden_size, self.target_sparsity))
+        return gates_meeting_target(gates, head_score, int_score, self.hidden_size, self.target_sparsity)
 
     def _one_structure(self) -> float:
         """The largest sparsity step one head or FFN unit makes: the tolerance of 'meets the target'."""

@@ -5,11 +5,7 @@ Where each gate acts (as in CoFi):
 - z_MHA[l] scales the output of ``attention.output.dense`` (incl. bias), before residual + LayerNorm
   (and before the adapter, when the ``adapters`` library patched the layer);
 - z_int[l, u] scales the FFN activation, i.e. the output of ``intermediate``;
-- z_FFN[l] scales the output of ``output.dense`` (incl. bias), before residual + LayerNorm / adapter;
-- where z_MHA[l] (z_FFN[l]) is exactly 0 the block is skipped: its sublayer returns its input, with
-  no LayerNorm and no adapter, as CoFi's ``CoFiBertSelfOutput`` / ``CoFiBertOutput`` do. A removed
-  block is an identity, so the export drops it at no cost (stacked LayerNorms of removed blocks
-  would also shrink the example-dependent part of the hidden state at every step).
+- z_FFN[l] scales the output of ``output.dense`` (incl. bias), before residual + LayerNorm / adapter.
 
 Attach AFTER ``adapters.init``/``add_adapter``: the adapters library replaces ``output.dense``
 by a wrapper module, which would silently drop a hook registered earlier.
@@ -67,8 +63,6 @@ def attach_gates(model: nn.Module, gates: GateSource) -> GateHandles:
             layer.attention.output.dense.register_forward_hook(_scale_hook(current, "mha", i)),
             layer.intermediate.register_forward_hook(_scale_hook(current, "int", i)),
             layer.output.dense.register_forward_hook(_scale_hook(current, "ffn", i)),
-            layer.attention.output.register_forward_hook(_skip_hook(current, "mha", i), with_kwargs=True),
-            layer.output.register_forward_hook(_skip_hook(current, "ffn", i), with_kwargs=True),
         ]
     return GateHandles(handles)
 
@@ -111,15 +105,5 @@ def _head_hook(current: dict[str, torch.Tensor], layer: int) -> Callable:
 def _scale_hook(current: dict[str, torch.Tensor], group: str, layer: int) -> Callable:
     def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         return output * current[group][layer].to(output.dtype)
-
-    return _mark(hook)
-
-
-def _skip_hook(current: dict[str, torch.Tensor], group: str, layer: int) -> Callable:
-    """A sublayer whose block gate is 0 returns its residual input (``input_tensor``) unchanged."""
-    def hook(module: nn.Module, args: tuple, kwargs: dict, output: torch.Tensor) -> torch.Tensor:
-        residual = args[1] if len(args) > 1 else kwargs["input_tensor"]
-        off = current[group][layer] == 0
-        return torch.where(off.to(output.device), residual.to(output.dtype), output)
 
     return _mark(hook)

@@ -58,24 +58,8 @@ def expected_encoder_weights(p_head: torch.Tensor, p_mha: torch.Tensor, p_int: t
     return d * (heads * 4 * head_dim + units * 2)
 
 
-def switch_off_empty_blocks(gates: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A copy of ``gates`` with z_MHA (z_FFN) = 0 in every layer that keeps no head (FFN unit).
-
-    Such a block computes ``LayerNorm(x + z b)`` from its output bias alone; with its block gate at 0
-    it is skipped instead (an identity, as in CoFi), which the export removes at no cost.
-    """
-    out = {k: v.detach().clone() for k, v in gates.items()}
-    out["mha"][~((out["head"] * out["mha"][:, None]) > 0).any(dim=1)] = 0
-    out["ffn"][~((out["int"] * out["ffn"][:, None]) > 0).any(dim=1)] = 0
-    return out
-
-
 def structure_from_gates(gates: Mapping[str, torch.Tensor], hidden_size: int) -> dict[str, Any]:
-    """JSON-able summary of what survives: a head (unit) is kept iff z_head * z_MHA (z_int * z_FFN) > 0.
-
-    ``mha_identity`` (``ffn_identity``): the block gate is 0, so the block is skipped (an identity);
-    a block that keeps no head (unit) under a nonzero block gate is ``LayerNorm(x + c)`` instead.
-    """
+    """JSON-able summary of what survives: a head (unit) is kept iff z_head * z_MHA (z_int * z_FFN) > 0."""
     heads = gates["head"] * gates["mha"][:, None]
     units = gates["int"] * gates["ffn"][:, None]
     layers = []
@@ -83,9 +67,7 @@ def structure_from_gates(gates: Mapping[str, torch.Tensor], hidden_size: int) ->
         kept = [int(h) for h in torch.nonzero(heads[i] > 0).flatten()]
         n_units = int((units[i] > 0).sum())
         layers.append({"layer": i, "heads_kept": kept, "num_heads": int(heads.shape[1]), "mha_kept": bool(kept),
-                       "mha_identity": bool(gates["mha"][i] == 0),
-                       "ffn_units_kept": n_units, "ffn_size": int(units.shape[1]), "ffn_kept": n_units > 0,
-                       "ffn_identity": bool(gates["ffn"][i] == 0)})
+                       "ffn_units_kept": n_units, "ffn_size": int(units.shape[1]), "ffn_kept": n_units > 0})
     return {"layers": layers, "hidden_kept": hidden_size, "hidden_size": hidden_size}
 
 
