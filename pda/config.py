@@ -375,7 +375,8 @@ def _check_overrides(cfg: StudyConfig) -> None:
         if chain is None:
             raise ConfigError(f"overrides key {key!r} is not a group {sorted(GROUPS)}, a task {sorted(TASKS)}, "
                               f"a scenario {list(SCENARIOS)}, a target sparsity of pruned runs (e.g. 'sp90' "
-                              "for 0.9) or TASK/SCENARIO (e.g. 'mrpc/FT')")
+                              "for 0.9), TASK/SCENARIO (e.g. 'mrpc/FT') or, for a pruned scenario, "
+                              "TASK/SCENARIO/spNN (e.g. 'sst2/P/sp60')")
         where = f"overrides[{key}]"
         _build(StudyConfig, cfg.overrides[key] or {}, f"{where}.")  # typos inside overrides too
         per_scenario = key in SCENARIOS or "/" in str(key) or is_sparsity_key(str(key))
@@ -570,9 +571,15 @@ def override_chain(key: str) -> list[str] | None:
         return [TASKS[tasks[key.lower()]].group, key]
     if key in SCENARIOS:
         return [key]
-    task, _, scenario = key.partition("/")
-    if task.lower() in tasks and scenario in SCENARIOS:
-        return [TASKS[tasks[task.lower()]].group, scenario, task, key]
+    task, _, rest = key.partition("/")
+    scenario, _, sparsity = rest.partition("/")
+    if task.lower() not in tasks or scenario not in SCENARIOS:
+        return None
+    head = [TASKS[tasks[task.lower()]].group, scenario]
+    if not sparsity:
+        return [*head, task, key]
+    if SCENARIOS[scenario]["prune"] and is_sparsity_key(sparsity):  # e.g. sst2/P/sp60
+        return [*head, sparsity, task, f"{task}/{scenario}", key]
     return None
 
 
@@ -584,7 +591,7 @@ def effective_settings(cfg: StudyConfig, task: str) -> StudyConfig:
 
 def for_run(cfg: StudyConfig, task: str, scenario: str, sparsity: float | None, seed: int) -> RunConfig:
     """The config of one run: overrides of its group, scenario, target sparsity (``sp90``, pruned runs
-    only), task, then TASK/SCENARIO, in that order."""
+    only), task, TASK/SCENARIO, then TASK/SCENARIO/spNN (pruned runs only), in that order."""
     spec = get_task(task)
     if scenario not in SCENARIOS:
         raise ConfigError(f"unknown scenario {scenario!r}; valid scenarios: {list(SCENARIOS)}")
@@ -593,5 +600,6 @@ def for_run(cfg: StudyConfig, task: str, scenario: str, sparsity: float | None, 
         by_sparsity = [sparsity_key(sparsity)]
     else:
         sparsity, by_sparsity = None, []
-    run_study = _merged(cfg, [spec.group, scenario, *by_sparsity, spec.name, f"{spec.name}/{scenario}"])
+    per_task = [f"{spec.name}/{scenario}", *(f"{spec.name}/{scenario}/{k}" for k in by_sparsity)]
+    run_study = _merged(cfg, [spec.group, scenario, *by_sparsity, spec.name, *per_task])
     return RunConfig(study=run_study, task=spec.name, scenario=scenario, sparsity=sparsity, seed=int(seed), root=cfg)

@@ -203,10 +203,25 @@ def test_a_sparsity_override_reaches_only_pruned_runs_at_that_sparsity(make_para
     assert "fine-tune 6 at lr 0.0003" in describe_run(run("P")) and "at lr" not in describe_run(run("P+D+A"))
 
 
+def test_a_task_scenario_sparsity_override_comes_last_and_reaches_only_that_run(make_params):
+    study = load_params(make_params(sparsities=[0.6, 0.9], overrides={
+        "sp90": {"pruning": {"finetune_epochs": 6}},
+        "sst2/P": {"max_train_samples": 40},
+        "sst2/P/sp60": {"pruning": {"finetune_epochs": 3}},
+    }))
+    run = lambda task, scenario, sparsity: for_run(study, task, scenario, sparsity, 0).study  # noqa: E731
+    assert run("sst2", "P", 0.6).pruning.finetune_epochs == 3 and run("sst2", "P", 0.6).max_train_samples == 40
+    assert run("sst2", "P", 0.9).pruning.finetune_epochs == 6  # the sparsity's own override is not undone
+    assert run("sst2", "P+D", 0.6).pruning.finetune_epochs != 3 and run("mrpc", "P", 0.6).pruning.finetune_epochs != 3
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"FT": {"seeds": [1]}}, r"overrides\[FT\]: seeds cannot differ per scenario"),
+    ({"sst2/FT/sp60": {}}, r"overrides key 'sst2/FT/sp60' is not a group .* TASK/SCENARIO/spNN"),
+    ({"sst2/P/sp6": {}}, r"overrides key 'sst2/P/sp6' is not a group"),
+    ({"sst2/P/sp60": {"seeds": [1]}}, r"overrides\[sst2/P/sp60\]: seeds cannot differ per scenario"),
     ({"mrpc/P": {"model": "x"}}, r"overrides\[mrpc/P\]: model cannot differ per scenario"),
-    ({"mrpc/PDA": {}}, r"overrides key 'mrpc/PDA' is not a group .* or TASK/SCENARIO"),
+    ({"mrpc/PDA": {}}, r"overrides key 'mrpc/PDA' is not a group .* TASK/SCENARIO"),
     ({"D": {"training": {"epochs": -1}}}, r"overrides\[D\]: training.epochs=-1"),
     ({"sp90": {"seeds": [1]}}, r"overrides\[sp90\]: seeds cannot differ per scenario"),
     ({"sp90": {"pruning": {"finetune_learning_rate": 2}}},
