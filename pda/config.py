@@ -595,11 +595,11 @@ def for_run(cfg: StudyConfig, task: str, scenario: str, sparsity: float | None, 
     spec = get_task(task)
     if scenario not in SCENARIOS:
         raise ConfigError(f"unknown scenario {scenario!r}; valid scenarios: {list(SCENARIOS)}")
+    key = f"{spec.name}/{scenario}"
     if SCENARIOS[scenario]["prune"]:
         sparsity = check_sparsity(sparsity)
-        by_sparsity = [sparsity_key(sparsity)]
+        key = f"{key}/{sparsity_key(sparsity)}"
     else:
-        sparsity, by_sparsity = None, []
-    per_task = [f"{spec.name}/{scenario}", *(f"{spec.name}/{scenario}/{k}" for k in by_sparsity)]
-    run_study = _merged(cfg, [spec.group, scenario, *by_sparsity, spec.name, *per_task])
+        sparsity = None
+    run_study = _merged(cfg, override_chain(key))  # the most specific key's chain: the one order, defined once
     return RunConfig(study=run_study, task=spec.name, scenario=scenario, sparsity=sparsity, seed=int(seed), root=cfg)

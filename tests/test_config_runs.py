@@ -221,7 +221,7 @@ def test_a_task_scenario_sparsity_override_comes_last_and_reaches_only_that_run(
     ({"sst2/P/sp6": {}}, r"overrides key 'sst2/P/sp6' is not a group"),
     ({"sst2/P/sp60": {"seeds": [1]}}, r"overrides\[sst2/P/sp60\]: seeds cannot differ per scenario"),
     ({"mrpc/P": {"model": "x"}}, r"overrides\[mrpc/P\]: model cannot differ per scenario"),
-    ({"mrpc/PDA": {}}, r"overrides key 'mrpc/PDA' is not a group .* TASK/SCENARIO"),
+    ({"mrpc/PDA": {}}, r"overrides key 'mrpc/PDA' is not a group .* TASK/SCENARIO \(e.g. 'mrpc/FT'\)"),
     ({"D": {"training": {"epochs": -1}}}, r"overrides\[D\]: training.epochs=-1"),
     ({"sp90": {"seeds": [1]}}, r"overrides\[sp90\]: seeds cannot differ per scenario"),
     ({"sp90": {"pruning": {"finetune_learning_rate": 2}}},
