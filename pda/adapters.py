@@ -9,6 +9,7 @@ from transformers import PreTrainedModel
 
 from pda.checkpoint import mark_adapter
 from pda.config import AdapterConfig
+from pda.models import task_head_prefixes
 
 ADAPTER_NAME = "pda"
 
@@ -48,7 +49,7 @@ def freeze_for_adapters(model: PreTrainedModel, cfg: AdapterConfig, name: str = 
     norms = {f"{module_name}.{pname}" for module_name, module in model.named_modules()
              if cfg.train_layer_norms and isinstance(module, nn.LayerNorm) and "adapters." not in module_name
              for pname, _ in module.named_parameters(recurse=False)}
-    head = ("classifier.", f"{model.base_model_prefix}.pooler.") if cfg.train_pooler else ("classifier.",)
+    head = task_head_prefixes(model, cfg.train_pooler)
     for pname, param in model.named_parameters():
         adapter = "adapters." in pname and f".{name}." in pname
         param.requires_grad = adapter or pname.startswith(head) or pname in norms

@@ -327,7 +327,7 @@ def _recipe(r: Mapping[str, Any]) -> str:
         parts.append("distilled into a shallower student")
     if r.get("adapters"):
         parts.append("Houlsby adapters")
-    return "; ".join(parts) or ("full fine-tuning" if r.get("scenario") == "FT" else "linear probe")
+    return "; ".join(parts) or ("full fine-tuning" if r.get("scenario") == "FT" else "head-only probe")
 
 
 def _speed_lines(r: Mapping[str, Any]) -> list[str]:

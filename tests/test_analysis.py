@@ -373,9 +373,9 @@ def claim_verdicts(records: list[RunRecord]) -> dict[str, str]:
 
 
 def test_one_seed_accuracy_claims_are_not_tested_and_name_a_collapsed_task() -> None:
-    """n = 1: no spread, so no verdict from a standard error of 0; A at the linear probe on rte is named."""
+    """n = 1: no spread, so no verdict from a standard error of 0; A at the head-only probe on rte is named."""
     world = dict(TRUE_WORLD)
-    world[("A", None)] = TRUE_WORLD[("base", None)]  # A no better than the linear probe (on both tasks' means)
+    world[("A", None)] = TRUE_WORLD[("base", None)]  # A no better than the head-only probe (on both tasks' means)
     records = make_world(world, seeds=(0,))
     records = [r for r in records if not (r.task == "sst2" and r.scenario == "A")]
     records.append(make_run("sst2", "A", None, 0, TRUE_WORLD[("A", None)]))  # sst2: A within 0.5 of FT
@@ -383,7 +383,7 @@ def test_one_seed_accuracy_claims_are_not_tested_and_name_a_collapsed_task() -> 
     assert v["(1)"] == "n = 1, not tested; on the means alone it holds on sst2; fails on rte"
     assert v["(2)"] == "n = 1, not tested; on the means alone it holds on rte, sst2"
     evidence = analysis.claims(analysis.records_frame(records))["evidence"].iloc[0]
-    assert "rte: A 70.00 is no better than the linear probe (base 70.00)" in evidence and "no spread" in evidence
+    assert "rte: A 70.00 is no better than the head-only probe (base 70.00)" in evidence and "no spread" in evidence
     one_seed_table = analysis.accuracy_table(analysis.aggregate(analysis.records_frame(records)))
     assert not one_seed_table.apply(lambda c: c.str.contains("±")).any().any()  # no '± 0.00', no '± nan'
     assert one_seed_table.iloc[0, 1] == "80.00 (n=1)"

@@ -230,6 +230,7 @@ def test_fingerprint_ignores_grid_paths_names_threads_and_checkpoint_interval(ma
     ({"pruning": {"epochs": 3}}, {"P+D"}),  # a section counts only for the scenarios that read it
     ({"distill": {"alpha": 0.9}}, {"D", "P+D"}),
     ({"adapters": {"learning_rate": 1e-4}}, {"A", "base"}),
+    ({"adapters": {"train_pooler": False}}, {"A", "base"}),  # the probe trains A's head
 ])
 def test_a_changed_setting_changes_the_runs_that_see_it_and_their_dependents(make_params, changes, affected):
     base = load_params(make_params(**GRID))

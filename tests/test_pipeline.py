@@ -56,6 +56,20 @@ def test_adapter_run_trains_only_adapters_head_and_as_houlsby_the_layer_norms(ma
     assert (changed & norms == norms) if layer_norms else not changed & norms
 
 
+@pytest.mark.parametrize("pooler", [True, False])
+def test_base_probe_trains_the_head_adapters_train_and_nothing_else(make_params, pooler):
+    """The probe is A's head on the untouched encoder, so "A beats base" compares like with like."""
+    study = config.load_params(make_params(**TINY, adapters={"train_pooler": pooler}))
+    rec = pipeline.run(config.for_run(study, "mrpc", "base", None, 0))
+    model = checkpoint.load_model(run_dir(study, rec.run_id) / "model")
+    pretrained = pipeline.load_pretrained_for_task(study.model, pipeline.get_task("mrpc")).state_dict()
+    changed = {n for n, p in model.state_dict().items() if not torch.equal(p, pretrained[n])}
+    head = {"classifier.weight", "classifier.bias"} | ({"bert.pooler.dense.weight", "bert.pooler.dense.bias"}
+                                                       if pooler else set())
+    assert changed == head
+    assert rec.params["trainable"] == sum(model.state_dict()[n].numel() for n in head)
+
+
 def test_pruned_distilled_adapter_run_end_to_end(tiny_study):
     """P+D+A pulls in FT and D first, prunes the student, and the saved model reproduces the record."""
     cfg = config.for_run(tiny_study, "mrpc", "P+D+A", 0.6, 0)

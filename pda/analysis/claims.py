@@ -96,7 +96,7 @@ def _overall(diffs: list[TaskDiff]) -> tuple[float, float]:
 def _claim_adapters_match_ft(agg: pd.DataFrame, tolerance: float) -> dict[str, str]:
     claim = "(1) Adapters reach FT accuracy (A ≈ FT)"
     rule = (f"per task d = A mean − FT mean, SE from the seed stds (sqrt(s_A²/n_A + s_FT²/n_FT)). A task holds when "
-            f"d ≥ −{tolerance:g} point(s) and A is above the base (linear probe) run; it fails when A is no better "
+            f"d ≥ −{tolerance:g} point(s) and A is above the base (head-only probe) run; it fails when A is no better "
             f"than base or d < −{tolerance:g} − 2·SE. The same test on the mean over tasks gives the verdict; tasks "
             "that disagree are named. Any side with one seed: n = 1, not tested (the means are still shown)")
     diffs = task_diffs(agg, "A", "FT")
@@ -108,7 +108,7 @@ def _claim_adapters_match_ft(agg: pd.DataFrame, tolerance: float) -> dict[str, s
         probe = as_float(base.loc[d.task, "main_metric_value_mean"]) if d.task in base.index else math.nan
         if not math.isnan(probe) and d.x <= probe:
             parts[d.task] = FAILS
-            notes.append(f"{d.task}: A {d.x:.2f} is no better than the linear probe (base {probe:.2f})")
+            notes.append(f"{d.task}: A {d.x:.2f} is no better than the head-only probe (base {probe:.2f})")
         elif d.diff >= -tolerance:
             parts[d.task] = HOLDS
         else:

@@ -41,7 +41,7 @@ def keep_accuracy_label(tolerance: float) -> str:
 
 def eligible_recipes(task_rows: pd.DataFrame, ft_mean: float, tolerance: float) -> pd.DataFrame:
     """Recipes of one task within ``tolerance`` points of FT and, when a base run exists, above the base
-    (linear probe): a recipe no better than the untouched encoder's probe has learned nothing."""
+    (head-only probe): a recipe no better than the untouched encoder's probe has learned nothing."""
     eligible = task_rows[task_rows["main_metric_value_mean"] >= ft_mean - tolerance]
     base = task_rows[task_rows["scenario"] == "base"]["main_metric_value_mean"].dropna()
     if not base.empty:

@@ -20,7 +20,7 @@ from pda.records import atomic_write_text, read_all_records
 
 RULES = (
     "Eligible recipes on a task are those whose mean main metric is at least FT's mean minus the tolerance "
-    "and above the base (linear probe) run's, so a collapsed model never wins. "
+    "and above the base (head-only probe) run's, so a collapsed model never wins. "
     "*Keep accuracy*: the eligible non-FT recipe with the highest mean metric (FT if none). "
     "*Smallest on disk*: eligible recipe with the fewest mean bytes of weights (INT8 variants included). "
     "*Fastest*: eligible recipe with the highest mean measured speed-up vs the teacher at that batch size. "
