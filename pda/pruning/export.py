@@ -115,19 +115,15 @@ def apply_structure(model: nn.Module, structure: Mapping[str, Any]) -> None:
                          f"{structure['hidden_kept']}/{structure['hidden_size']} does not fit this model")
     for i, (layer, spec) in enumerate(zip(layers, structure["layers"])):
         if not spec["mha_kept"] and not spec["ffn_kept"]:
-            attention_ln, output_ln = layer.attention.output.LayerNorm, layer.output.LayerNorm
-            layers[i] = ConstantLayer(PrunedAttention(ConstantSublayer(attention_ln, _zero_const(attention_ln))),
-                                      ConstantSublayer(output_ln, _zero_const(output_ln)))
+            layers[i] = ConstantLayer(PrunedAttention(_removed(layer.attention.output)), _removed(layer.output))
             continue
         if not spec["mha_kept"]:
-            out = layer.attention.output
-            layer.attention = PrunedAttention(ConstantSublayer(out.LayerNorm, _zero_const(out.LayerNorm)))
+            layer.attention = PrunedAttention(_removed(layer.attention.output))
         else:
             _reshape_heads(layer.attention, spec["heads_kept"], spec["num_heads"])
         if not spec["ffn_kept"]:
-            out = layer.output
             layer.intermediate = PrunedIntermediate()
-            layer.output = ConstantSublayer(out.LayerNorm, _zero_const(out.LayerNorm))
+            layer.output = _removed(layer.output)
         else:
             _reshape_ffn(layer, spec["ffn_units_kept"], spec["ffn_size"])
 
@@ -240,8 +236,10 @@ def _slice_linear(linear: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear
     return new
 
 
-def _zero_const(layer_norm: nn.LayerNorm) -> torch.Tensor:
-    return torch.zeros_like(layer_norm.weight, requires_grad=False)
+def _removed(sublayer: nn.Module) -> ConstantSublayer:
+    """The ``LayerNorm(x + c)`` that stands for a removed block, with ``sublayer``'s LayerNorm; c is a
+    placeholder until the saved weights load into it."""
+    return ConstantSublayer(sublayer.LayerNorm, torch.zeros_like(sublayer.LayerNorm.weight, requires_grad=False))
 
 
 def _own_config(model: nn.Module):
