@@ -9,7 +9,7 @@ PARAMS ?= parameters/default.yaml
 WORKERS ?= 2
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: setup study smoke test lab plan site clean-outputs
+.PHONY: setup study retime smoke test lab plan site clean-outputs
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ setup: $(STAMP)
 
 study: setup
 	$(PY) -m pda study $(PARAMS) --workers $(WORKERS)
+
+# After `make study`, with nothing else running: every saved model timed again on every backend
+# (runs/<id>/retime.json), then the analysis over those numbers. RETIME_ARGS="--runs '*-sp90-*'" for some.
+retime: setup
+	$(PY) -m pda retime $(PARAMS) $(RETIME_ARGS)
 
 smoke: setup
 	$(PY) -m pda study parameters/smoke.yaml

@@ -1,4 +1,5 @@
-"""Command line: ``study`` runs a parameter file, ``plan`` shows it without running, ``export`` ships a run's model."""
+"""Command line: ``study`` runs a parameter file, ``plan`` shows it without running, ``retime`` times its models
+again on an idle machine, ``export`` ships a run's model."""
 
 from __future__ import annotations
 
@@ -32,6 +33,19 @@ def main(argv: list[str] | None = None) -> int:
     plan.add_argument("--measure", action="store_true", help="time a few training steps of the model here")
     plan.add_argument("--overhead-seconds", type=float, default=None, help="per-run overhead, given")
     plan.add_argument("--runs", action="store_true", help="also list every run")
+    retime = sub.add_parser("retime", help="time a finished study's models again, every backend, with the machine "
+                                           "to itself (writes runs/<id>/retime.json, then the analysis again)")
+    retime.add_argument("params", type=Path)
+    retime.add_argument("--rounds", type=int, default=5, help="timed rounds per backend (default 5)")
+    retime.add_argument("--threads", type=int, default=None,
+                        help="threads per timing (default: the parameter file's measure.threads)")
+    retime.add_argument("--backends", nargs="+", default=None, metavar="BACKEND",
+                        help="backends to time (default: all four; eager_fp32 is always one)")
+    retime.add_argument("--runs", nargs="+", default=None, metavar="GLOB",
+                        help="only the runs whose id matches one of these patterns, e.g. '*-sp90-*'")
+    retime.add_argument("--force", action="store_true", help="time again runs already re-timed with these settings")
+    retime.add_argument("--kernel", default="pda", help="Jupyter kernel that executes the analysis notebook")
+    retime.add_argument("--no-analysis", action="store_true", help="skip the analysis notebook at the end")
     export = sub.add_parser("export", help="export a finished run's model: ONNX (exact), optional INT8, model card")
     export.add_argument("run_dir", type=Path, help="a run directory (with result.json and model/)")
     export.add_argument("--format", choices=["onnx"], default="onnx", help="export format (default onnx)")
@@ -59,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
 
             print(make_plan(args.params, args.workers, args.step_seconds, args.measure, args.overhead_seconds,
                             args.runs))
+        if args.command == "retime":
+            return retime_command(args)
         if args.command == "export":
             return export_command(args)
     except ConfigError as exc:
@@ -66,6 +82,25 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {line}", file=sys.stderr)
         return 2
     return 0
+
+
+def retime_command(args: argparse.Namespace) -> int:
+    """``python -m pda retime``: every finished run's model timed again, then the analysis over the new numbers."""
+    from pda.config import load_params
+    from pda.retime import retime_study
+    from pda.study import run_analysis
+
+    for name in ("rounds", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name}={value} must be a whole number >= 1")
+    cfg = load_params(args.params)
+    start = time.perf_counter()
+    done = retime_study(cfg, args.rounds, args.threads, args.backends, args.runs, args.force)
+    print(f"re-timed {len(done)} run(s) in {(time.perf_counter() - start) / 60:.1f} min")
+    if args.no_analysis:
+        return 0
+    return 1 if run_analysis(args.params, cfg, args.kernel) else 0
 
 
 def export_command(args: argparse.Namespace) -> int:

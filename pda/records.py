@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 RESULT_FILE = "result.json"
+RETIME_FILE = "retime.json"  # written next to result.json by ``python -m pda retime`` (see ``pda.retime``)
 
 
 @dataclasses.dataclass
@@ -68,6 +69,10 @@ class RunRecord:
     - ``fingerprint``: ``{"sha256", "inputs"}`` from ``pda.fingerprint``: everything that
       determined the run (settings, model source, data checksums, dependencies' fingerprints)
       and its hash. A record whose fingerprint differs from the current one is not reused.
+    - ``retimed``: not part of ``result.json``. ``read_record`` fills it from ``retime.json`` when
+      ``python -m pda retime`` timed this same model again (same fingerprint) with the machine to
+      itself: ``{"settings", "when", "load_average_before", "cpu_count", "speed", "backends",
+      "notes", "deploy_time_s"}``, ``speed`` and ``backends`` as above. The analysis prefers it.
     """
 
     run_id: str
@@ -103,9 +108,11 @@ class RunRecord:
     environment: dict[str, Any] = dataclasses.field(default_factory=dict)
     notes: list[str] = dataclasses.field(default_factory=list)
     fingerprint: dict[str, Any] | None = None
+    retimed: dict[str, Any] | None = dataclasses.field(default=None, metadata={"sidecar": RETIME_FILE})
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The ``result.json`` content: every field but the side-car ones (``retimed``)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in SIDECAR_FIELDS}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunRecord":
@@ -114,6 +121,22 @@ class RunRecord:
         if unknown:
             raise ValueError(f"run record has unknown fields {unknown}; known fields: {sorted(known)}")
         return cls(**data)
+
+
+SIDECAR_FIELDS = frozenset(f.name for f in dataclasses.fields(RunRecord) if "sidecar" in f.metadata)
+
+
+def read_retimed(run_dir: Path, record: RunRecord) -> dict[str, Any] | None:
+    """``run_dir``'s ``retime.json`` if it timed the model of ``record`` (same fingerprint), else None.
+
+    A retime of an earlier model that this folder once held is ignored, never mixed in.
+    """
+    path = Path(run_dir) / RETIME_FILE
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text(encoding="utf-8"))
+    sha = (record.fingerprint or {}).get("sha256")
+    return data if sha is not None and data.get("fingerprint") == sha else None
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -150,7 +173,11 @@ def write_record(record: RunRecord, run_dir: Path) -> Path:
 
 
 def read_record(run_dir: Path) -> RunRecord:
-    return RunRecord.from_dict(json.loads((Path(run_dir) / RESULT_FILE).read_text(encoding="utf-8")))
+    """The run's record, with ``retimed`` filled from its ``retime.json`` if that times this model."""
+    data = json.loads((Path(run_dir) / RESULT_FILE).read_text(encoding="utf-8"))
+    record = RunRecord.from_dict({k: v for k, v in data.items() if k not in SIDECAR_FIELDS})
+    record.retimed = read_retimed(run_dir, record)
+    return record
 
 
 def read_all_records(runs_dir: Path) -> list[RunRecord]:

@@ -33,7 +33,7 @@ NUMERIC_COLUMNS: tuple[str, ...] = (
     "ffn_removed_frac", "mha_removed_frac", "first_third_kept", "last_third_kept",
 )
 TEXT_COLUMNS: tuple[str, ...] = (
-    "run_id", "task", "scenario", "recipe", "model", "main_metric", "speed_device",
+    "run_id", "task", "scenario", "recipe", "model", "main_metric", "speed_device", "speed_source",
     "train_energy_mode", "inference_energy_mode", "energy_country",
 )
 FLAG_COLUMNS: tuple[str, ...] = ("prune", "distill", "adapters")
@@ -99,6 +99,8 @@ def batch_sizes(data: pd.DataFrame) -> list[int]:
 
 def _record_row(r: RunRecord) -> dict[str, Any]:
     params, teacher = r.params or {}, r.teacher_params or {}
+    # Speed from ``python -m pda retime`` (the model timed again with the machine to itself) when there is one.
+    speed, backends = (r.retimed["speed"], r.retimed["backends"]) if r.retimed else (r.speed, r.backends)
     row: dict[str, Any] = {
         "run_id": r.run_id, "task": r.task, "scenario": r.scenario,
         "recipe": recipe_label(r.scenario, r.sparsity), "prune": bool(r.prune), "distill": bool(r.distill),
@@ -111,7 +113,8 @@ def _record_row(r: RunRecord) -> dict[str, Any]:
         "sparsity_achieved_encoder": as_float(dig(r.sparsity_achieved, "encoder")),
         "sparsity_achieved_total": as_float(dig(r.sparsity_achieved, "total")),
         "pruning_achieved_vs_input": as_float(dig(r.pruning, "achieved_vs_input")),
-        "speed_device": dig(r.speed, "device"), "speed_threads": as_float(dig(r.speed, "threads")),
+        "speed_device": dig(speed, "device"), "speed_threads": as_float(dig(speed, "threads")),
+        "speed_source": ("retime" if r.retimed else "in run") if speed else None,
         "flops_per_example": as_float(dig(r.flops, "per_example")),
         "teacher_flops_per_example": as_float(dig(r.flops, "teacher_per_example")),
         "flops_reduction_bound": as_float(dig(r.flops, "reduction_bound")),
@@ -125,10 +128,10 @@ def _record_row(r: RunRecord) -> dict[str, Any]:
     # Speed-up bound from FLOPs: teacher FLOPs / model FLOPs; falls back to the recorded reduction_bound.
     bound = ratio(row["teacher_flops_per_example"], row["flops_per_example"])
     row["flops_speedup_bound"] = row["flops_reduction_bound"] if math.isnan(bound) else bound
-    for batch, stats in (dig(r.speed, "by_batch") or {}).items():
+    for batch, stats in (dig(speed, "by_batch") or {}).items():
         for key, prefix in SPEED_FIELDS.items():
             row[f"{prefix}_b{int(batch)}"] = as_float((stats or {}).get(key))
-    for backend, result in (r.backends or {}).items():  # speed-up against the reference on the same backend
+    for backend, result in (backends or {}).items():  # speed-up against the reference on the same backend
         for batch, stats in ((result or {}).get("by_batch") or {}).items():
             row[f"speedup_{backend}_b{int(batch)}"] = as_float((stats or {}).get("speedup"))
     q = r.quantized or {}
@@ -139,6 +142,9 @@ def _record_row(r: RunRecord) -> dict[str, Any]:
             row[f"q_metric_{name}"] = as_float(value)
         for batch, stats in (dig(q, "speed", "by_batch") or {}).items():
             row[f"q_speedup_b{int(batch)}"] = as_float((stats or {}).get("speedup"))
+        if r.retimed:  # the INT8 model re-timed: ort_int8 against the eager fp32 reference is Q's speed-up
+            for batch, stats in (dig(backends, "ort_int8", "by_batch") or {}).items():
+                row[f"q_speedup_b{int(batch)}"] = as_float((stats or {}).get("speedup_vs_eager_fp32_teacher"))
     for phase in ("train", "inference"):
         e = dig(r.energy, phase) or {}
         row[f"{phase}_kwh"] = as_float(e.get("kwh"))

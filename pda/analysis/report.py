@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from pda.analysis.bound import bound_sentence, bound_table
 from pda.analysis.carbon import carbon_statement
 from pda.analysis.claims import claims
 from pda.analysis.collapse import ALPHA, VERDICT, collapse_table, collapsed_recipes
@@ -61,6 +62,7 @@ def write_report(records_dir: Path, out_path: Path, figures: Sequence[Path] = ()
         parts += [
             "## Main metric per task", "", QUANTIZED, "", markdown_table(accuracy_table(with_q)), "",
             "## Size, speed and energy per recipe (mean over tasks)", "", markdown_table(efficiency_table(with_q)), "",
+            "## Speed against the FLOP bound", "", bound_sentence(frame), "", markdown_table(bound_table(frame)), "",
             f"## Recommendations (accuracy tolerance {tolerance:g} point(s))", "", RULES, "",
             markdown_table(recommendation_table(recommendations(with_q, tolerance, not_learned))), "",
         ]

@@ -1,0 +1,120 @@
+"""Time a finished study's models again, on a machine with nothing else running.
+
+A run times its model while the other runs of the study train beside it (see ``pda.backends``).
+That load falls unevenly: the uncompressed reference is mostly large matrix products, which keep
+their speed, while a 90 % model is mostly LayerNorms, residual adds and skinny products over the
+full hidden width, which share memory bandwidth with the training next door and slow down. So the
+in-run speed-ups of the smallest models are biased low, by more than their noise. ``retime`` times
+each saved model again, every backend, against the reference on the same backend in the same
+process, and writes ``runs/<id>/retime.json`` next to the record; the analysis uses it in place of
+the in-run ``speed`` and ``backends`` and says so (``speed_source``).
+
+Resumable: a run whose ``retime.json`` was made with the same settings and the same model (the
+record's fingerprint) is skipped, so an interrupted pass continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import fnmatch
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pda import backends, checkpoint
+from pda.config import BACKENDS, ConfigError, MeasureConfig, StudyConfig, validate_measure
+from pda.records import RESULT_FILE, RETIME_FILE, RunRecord, atomic_write_text, read_record
+from pda.runs import MODEL_DIR, runs_dir
+
+VERSION = 1
+
+
+def retime_settings(measure: MeasureConfig, rounds: int, threads: int, backend_names: list[str] | None) -> MeasureConfig:
+    """The study's measurement protocol with every backend (or ``backend_names``) timed ``rounds`` times, no INT8 metric."""
+    m = dataclasses.replace(measure, speed=True, quantize=False, energy=False, rounds=rounds, backend_rounds=None,
+                            threads=threads, backends=list(backend_names or BACKENDS))
+    validate_measure(m, where="retime ")
+    return m
+
+
+def settings_key(m: MeasureConfig) -> dict[str, Any]:
+    """What makes two timings of the same model comparable (a retime with other settings is done again)."""
+    return {"version": VERSION, "backends": list(m.backends), "batch_sizes": list(m.batch_sizes),
+            "seq_len": m.seq_len, "warmup": m.warmup, "rounds": m.rounds, "threads": m.threads,
+            "quantize_ops": list(m.quantize_ops), "quantize_per_channel": m.quantize_per_channel}
+
+
+def _sha(record: RunRecord) -> str | None:
+    return (record.fingerprint or {}).get("sha256")
+
+
+def select_runs(directory: Path, patterns: list[str] | None) -> list[Path]:
+    """Finished runs (``result.json`` and a saved model) whose id matches one of ``patterns`` (globs)."""
+    found = sorted(p.parent for p in Path(directory).glob(f"*/{RESULT_FILE}") if (p.parent / MODEL_DIR).is_dir())
+    if patterns:
+        found = [p for p in found if any(fnmatch.fnmatchcase(p.name, pat) for pat in patterns)]
+    return found
+
+
+def retime_run(run_dir: Path, reference: torch.nn.Module, m: MeasureConfig, cache_dir: Path,
+               device: torch.device) -> dict[str, Any]:
+    """Time one saved model on every backend of ``m`` against ``reference`` and write ``retime.json``."""
+    record = read_record(run_dir)
+    model = checkpoint.deployable_model(checkpoint.load_model(run_dir / MODEL_DIR).to(device))
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    with tempfile.TemporaryDirectory(dir=run_dir) as work:
+        deploy = backends.measure_deployment(model, reference, m, Path(work), cache_dir)
+    out = {
+        "fingerprint": _sha(record), "settings": settings_key(m),
+        "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "load_average_before": load, "cpu_count": os.cpu_count(),
+        "speed": deploy["speed"], "backends": deploy["backends"], "notes": deploy["notes"],
+        "deploy_time_s": deploy["deploy_time_s"],
+    }
+    atomic_write_text(Path(run_dir) / RETIME_FILE, json.dumps(out, indent=1, sort_keys=True) + "\n")
+    return out
+
+
+def retime_study(cfg: StudyConfig, rounds: int = 5, threads: int | None = None,
+                 backend_names: list[str] | None = None, patterns: list[str] | None = None,
+                 force: bool = False, log=print) -> list[Path]:
+    """Re-time every finished run of ``cfg``'s output folder (or those matching ``patterns``); the retimed runs.
+
+    ``threads`` defaults to the study's ``measure.threads``: a deployment that has the machine to itself.
+    """
+    from pda.models import load_pretrained_for_task
+    from pda.pipeline import configure_environment, onnx_cache_dir
+    from pda.tasks import get_task
+    from pda.train import pick_device
+
+    m = retime_settings(cfg.measure, rounds, threads or cfg.measure.threads, backend_names)
+    directory = runs_dir(cfg)
+    if not directory.is_dir():
+        raise ConfigError(f"no runs to re-time: {str(directory)!r} does not exist (run the study first)")
+    runs = select_runs(directory, patterns)
+    if not runs:
+        raise ConfigError(f"no finished run with a saved model in {str(directory)!r}"
+                          + (f" matches {patterns}" if patterns else ""))
+    configure_environment(cfg.online)
+    device = pick_device(cfg.device)
+    references: dict[str, torch.nn.Module] = {}
+    done = []
+    for i, run in enumerate(runs, 1):
+        record = read_record(run)
+        previous = record.retimed
+        if previous is not None and previous.get("settings") == settings_key(m) and not force:
+            log(f"[{i}/{len(runs)}] {run.name}: already re-timed with these settings")
+            continue
+        if record.task not in references:  # the uncompressed architecture with this task's head
+            references[record.task] = checkpoint.deployable_model(
+                load_pretrained_for_task(cfg.model, get_task(record.task)).to(device))
+        out = retime_run(run, references[record.task], m, onnx_cache_dir(cfg), device)
+        b32 = {b: r["by_batch"].get("32", {}).get("speedup") for b, r in out["backends"].items()}
+        log(f"[{i}/{len(runs)}] {run.name}: speed-up at batch 32 {b32}")
+        done.append(run)
+    return done

@@ -1,0 +1,130 @@
+"""``python -m pda retime``: a finished study's models timed again, kept beside the record, preferred by the analysis."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from pda import config, pipeline
+from pda.__main__ import main
+from pda.analysis.bound import GOAL, bound_shares, bound_table
+from pda.analysis.frame import records_frame
+from pda.config import BACKENDS, ConfigError
+from pda.records import RESULT_FILE, RETIME_FILE, RunRecord, read_record, write_record
+from pda.retime import retime_settings, retime_study
+from pda.runs import run_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+
+TINY = dict(max_train_samples=32, max_eval_samples=32, max_seq_length=48,
+            training={"epochs": 1, "batch_size": 16, "log_every_steps": 1},
+            pruning={"epochs": 1, "finetune_epochs": 1},
+            measure={"speed": False, "energy": False, "flops": True, "quantize": False,
+                     "batch_sizes": [1, 4], "seq_len": 32, "warmup": 1, "rounds": 1})
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, glue_dir):
+    """A study folder with MRPC's teacher and its P 60 % student, trained without timing them."""
+    root = tmp_path_factory.mktemp("retime")
+    base = yaml.safe_load((ROOT / "parameters" / "smoke.yaml").read_text())
+    base.update({"data_dir": str(glue_dir), "output_dir": str(root / "outputs"), **TINY})
+    params = root / "parameters" / "p.yaml"
+    params.parent.mkdir()
+    params.write_text(yaml.safe_dump(base))
+    study = config.load_params(params)
+    pipeline.run(config.for_run(study, "mrpc", "P", 0.6, 0), with_dependencies=True)
+    return params, study
+
+
+def test_retime_times_each_saved_model_again_and_the_analysis_prefers_it(finished) -> None:
+    params, study = finished
+    pruned = run_dir(study, "mrpc-P-sp60-seed0")
+    before = (pruned / RESULT_FILE).read_bytes()
+    assert read_record(pruned).retimed is None and read_record(pruned).speed is None  # the run timed nothing
+    done = retime_study(study, rounds=2, backend_names=["eager_fp32"], patterns=["*-P-*"], log=lambda _: None)
+    assert done == [pruned]  # the glob chose the pruned run, not the teacher
+    assert (pruned / RESULT_FILE).read_bytes() == before  # the record itself is never rewritten
+    rec = read_record(pruned)
+    got = rec.retimed
+    assert got["fingerprint"] == rec.fingerprint["sha256"] and got["settings"]["rounds"] == 2
+    assert set(got["backends"]) == {"eager_fp32"} and set(got["speed"]["by_batch"]) == {"1", "4"}
+    assert got["speed"]["by_batch"]["4"]["speedup"] == got["backends"]["eager_fp32"]["by_batch"]["4"]["speedup"]
+    row = records_frame([rec]).iloc[0]
+    assert row["speed_source"] == "retime"
+    assert row["speedup_b4"] == pytest.approx(got["speed"]["by_batch"]["4"]["speedup"])
+    assert row["speedup_eager_fp32_b4"] == pytest.approx(got["backends"]["eager_fp32"]["by_batch"]["4"]["speedup"])
+    # resumable: the same settings again do nothing; other settings, or --force, time it again
+    assert retime_study(study, rounds=2, backend_names=["eager_fp32"], patterns=["*-P-*"], log=lambda _: None) == []
+    assert retime_study(study, rounds=2, backend_names=["eager_fp32"], patterns=["*-P-*"], force=True,
+                        log=lambda _: None) == [pruned]
+    assert retime_study(study, rounds=1, backend_names=["eager_fp32"], patterns=["*-P-*"],
+                        log=lambda _: None) == [pruned]
+
+
+def test_a_retime_of_another_model_in_the_same_folder_is_ignored(finished) -> None:
+    _, study = finished
+    teacher = run_dir(study, "mrpc-FT-seed0")
+    (teacher / RETIME_FILE).write_text(json.dumps({"fingerprint": "a model this folder held before", "speed": {},
+                                                   "backends": {}}))
+    try:
+        assert read_record(teacher).retimed is None
+    finally:
+        (teacher / RETIME_FILE).unlink()
+
+
+def test_result_json_never_carries_the_retime(tmp_path) -> None:
+    rec = RunRecord(run_id="r", task="mrpc", scenario="FT", prune=False, distill=False, adapters=False,
+                    sparsity=None, seed=0, model="m", retimed={"speed": {}})
+    write_record(rec, tmp_path)
+    assert "retimed" not in json.loads((tmp_path / RESULT_FILE).read_text())
+
+
+def test_retime_defaults_to_every_backend_and_refuses_unknown_ones_by_name(finished) -> None:
+    _, study = finished
+    assert retime_settings(study.measure, 3, 1, None).backends == list(BACKENDS)
+    with pytest.raises(ConfigError, match="ort_fp16"):
+        retime_settings(study.measure, 3, 1, ["eager_fp32", "ort_fp16"])
+    with pytest.raises(ConfigError, match="no finished run"):
+        retime_study(study, patterns=["cola-*"], log=lambda _: None)
+
+
+def test_the_command_line_names_a_bad_value(finished, capsys) -> None:
+    params, _ = finished
+    assert main(["retime", str(params), "--rounds", "0", "--no-analysis"]) == 2
+    assert "--rounds=0" in capsys.readouterr().err
+    assert main(["retime", str(params), "--backends", "tensorrt", "--no-analysis"]) == 2
+    assert "tensorrt" in capsys.readouterr().err
+
+
+def _record(run_id: str, scenario: str, sparsity: float | None, bound: float, speedups: dict[str, float],
+            retimed: bool) -> RunRecord:
+    backends = {b: {"by_batch": {"32": {"speedup": s}}} for b, s in speedups.items()}
+    speed = backends["eager_fp32"]
+    return RunRecord(run_id=run_id, task="sst2", scenario=scenario, prune="P" in scenario, distill="D" in scenario,
+                     adapters=False, sparsity=sparsity, seed=0, model="m",
+                     flops={"per_example": 100, "teacher_per_example": int(100 * bound)},
+                     speed=None if retimed else speed, backends=None if retimed else backends,
+                     retimed={"speed": speed, "backends": backends} if retimed else None)
+
+
+def test_bound_table_takes_each_runs_best_backend_over_its_flop_bound() -> None:
+    frame = records_frame([
+        _record("a", "P", 0.9, 10.0, {"eager_fp32": 6.0, "ort_fp32": 8.6}, retimed=True),
+        _record("b", "P", 0.9, 10.0, {"eager_fp32": 7.0, "ort_fp32": 5.0}, retimed=False),
+        _record("c", "FT", None, 1.0, {"eager_fp32": 1.0}, retimed=True),  # no compression: not in the table
+    ])
+    shares = bound_shares(frame)
+    assert list(shares["run_id"]) == ["a", "b"]
+    assert list(shares["best"]) == pytest.approx([0.86, 0.7])
+    table = bound_table(frame)
+    assert len(table) == 1
+    row = table.iloc[0]
+    assert row["best backend, mean"] == "0.78" and row["best, lowest run"] == "0.70"
+    assert row[f"runs ≥ {GOAL:g}"] == "1 / 2" and row["timed"] in ("1 retime, 1 in run", "1 in run, 1 retime")
+    assert row["ort_fp32"] == "0.68 (2)"  # (0.86 + 0.5) / 2
+    assert bound_table(pd.DataFrame(columns=frame.columns)).empty
