@@ -135,73 +135,103 @@ def measure_deployment(
     """
     spent: dict[str, float] = {}
     notes: list[str] = []
-    device = next(model.parameters()).device
-    wanted = list(m.backends) if m.speed else []
-    if "eager_bf16" in wanted and (why := bf16_unsupported(device)):
-        wanted.remove("eager_bf16")
-        notes.append(f"eager_bf16 not measured: {why}")
-    onnx = None
+    wanted = timed_backends(m, next(model.parameters()).device, notes)
+    onnx, ref_sessions = None, {}
     if m.quantize or any(b in ORT_BACKENDS for b in wanted):
-        onnx = _onnx_sessions(model, reference, m, wanted, work_dir, cache_dir, spent, notes)
+        onnx = model_onnx(model, m, work_dir, spent)
+        start = time.perf_counter()
+        ref_sessions = reference_sessions(reference, m, wanted, cache_dir, notes)
+        spent["sessions_s"] += time.perf_counter() - start
     start = time.perf_counter()
-    benches = _benchmarks(model, reference, m, wanted, onnx["sessions"] if onnx else {})
+    sessions = {b: {**ref_sessions[b], "models": {MODEL: onnx["sessions"][b]}} for b in wanted if b in ORT_BACKENDS}
+    benches = {b: bench_view(bench, MODEL) for b, bench in benchmarks({MODEL: model}, reference, m, wanted,
+                                                                       sessions).items()}
     spent["benchmark_s"] = time.perf_counter() - start
-    eager_teacher = benches.get("eager_fp32")
-    out: dict[str, Any] = {"backends": {b: backend_record(bench, b, eager_teacher) for b, bench in benches.items()},
-                           "quantized": None, "speed": None}
-    if "ort_fp32" in out["backends"]:
-        out["backends"]["ort_fp32"]["max_abs_logit_diff"] = onnx["max_diff"]
-    if eager_teacher is not None:
-        out["speed"] = speed_record(eager_teacher, "model", "teacher")
+    out = deployment_records(benches, onnx["max_diff"] if onnx else None)
     if m.quantize:
         start = time.perf_counter()
-        metrics = evaluate(onnx["sessions"]["ort_int8"]["model"]) if evaluate is not None else {}
+        metrics = evaluate(onnx["sessions"]["ort_int8"]) if evaluate is not None else {}
         spent["evaluate_s"] = time.perf_counter() - start
         out["quantized"] = quantized_record(m, metrics, main_metric, onnx["int8_file"].stat().st_size,
-                                            benches.get("ort_int8"), eager_teacher, benches.get("ort_fp32"))
+                                            benches.get("ort_int8"), benches.get("eager_fp32"),
+                                            benches.get("ort_fp32"))
     spent["total_s"] = sum(spent.values())
     out["deploy_time_s"] = {k: round(v, 3) for k, v in spent.items()}
     out["notes"] = notes
     return out
 
 
-def _onnx_sessions(model: PdaBertForSequenceClassification, reference: PdaBertForSequenceClassification,
-                   m: MeasureConfig, wanted: list[str], work_dir: Path, cache_dir: Path, spent: dict[str, float],
-                   notes: list[str]) -> dict[str, Any]:
-    """Export, check and quantise the model; ONNX Runtime sessions for it and, per ORT backend timed,
-    for the cached reference and skeletons. An inexact export is an error whatever is timed."""
+MODEL = "model"  # the timed model's name in a benchmark of one model (see ``bench_view``)
+
+
+def timed_backends(m: MeasureConfig, device: torch.device, notes: list[str]) -> list[str]:
+    """The backends of ``m`` that are timed on ``device`` (bf16 only with native bf16; a note says why not)."""
+    wanted = list(m.backends) if m.speed else []
+    if "eager_bf16" in wanted and (why := bf16_unsupported(device)):
+        wanted.remove("eager_bf16")
+        notes.append(f"eager_bf16 not measured: {why}")
+    return wanted
+
+
+def deployment_records(benches: Mapping[str, Mapping[str, Any]], max_diff: float | None) -> dict[str, Any]:
+    """``{"backends", "speed", "quantized": None}`` of one model from its per-backend benchmark views."""
+    eager_teacher = benches.get("eager_fp32")
+    out: dict[str, Any] = {"backends": {b: backend_record(bench, b, eager_teacher) for b, bench in benches.items()},
+                           "quantized": None, "speed": None}
+    if "ort_fp32" in out["backends"]:
+        out["backends"]["ort_fp32"]["max_abs_logit_diff"] = max_diff
+    if eager_teacher is not None:
+        out["speed"] = speed_record(eager_teacher, MODEL, "teacher")
+    return out
+
+
+def model_onnx(model: PdaBertForSequenceClassification, m: MeasureConfig, work_dir: Path,
+               spent: dict[str, float]) -> dict[str, Any]:
+    """Export, quantise and check ``model``: ONNX Runtime sessions ``{"ort_fp32", "ort_int8"}``, the INT8
+    file and the export's largest logit difference. An inexact export is an error whatever is timed."""
     clock = time.perf_counter
     start = clock()
-    cpu = lambda module: module if module.device.type == "cpu" else copy.deepcopy(module).cpu()  # noqa: E731
-    model, reference = cpu(model), cpu(reference)
-    ref = reference_onnx(reference, cache_dir, m, m.threads)
-    if ref.created:
-        notes.append("reference ONNX files exported into the cache by this run (its export time counts here)")
+    model = model if model.device.type == "cpu" else copy.deepcopy(model).cpu()
     model_file = export.export_onnx(model, work_dir / export.ONNX_FILE)
-    spent["export_s"] = clock() - start
+    spent["export_s"] = spent.get("export_s", 0.0) + clock() - start
     start = clock()
     int8_file = export.quantize_int8(model_file, work_dir / export.INT8_FILE, m.quantize_per_channel,
                                      op_types=m.quantize_ops)
-    spent["quantize_s"] = clock() - start
+    spent["quantize_s"] = spent.get("quantize_s", 0.0) + clock() - start
     start = clock()
     fp32 = export.ort_session(model_file, m.threads)
     max_diff = export.check_onnx(fp32, model)
-    sessions = {"ort_fp32": {"model": fp32}, "ort_int8": {"model": export.ort_session(int8_file, m.threads)}}
-    for backend, suffix in (("ort_fp32", ""), ("ort_int8", "_int8")):
-        if backend in wanted:
-            sessions[backend].update({n: export.ort_session(ref.files[n + suffix], m.threads)
-                                      for n in ("reference", *SKELETONS)})
-    spent["sessions_s"] = clock() - start
+    sessions = {"ort_fp32": fp32, "ort_int8": export.ort_session(int8_file, m.threads)}
+    spent["sessions_s"] = spent.get("sessions_s", 0.0) + clock() - start
     return {"sessions": sessions, "int8_file": int8_file, "max_diff": max_diff}
 
 
-def _benchmarks(model: PdaBertForSequenceClassification, reference: PdaBertForSequenceClassification,
-                m: MeasureConfig, wanted: list[str], sessions: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """One ``benchmark_latency`` per backend, in its own rounds: model, reference and both skeletons."""
+def reference_sessions(reference: PdaBertForSequenceClassification, m: MeasureConfig, wanted: list[str],
+                       cache_dir: Path, notes: list[str]) -> dict[str, dict[str, Any]]:
+    """Per ORT backend timed, sessions of the cached reference and skeletons (``reference``, ``floor``, ``layer``)."""
+    reference = reference if reference.device.type == "cpu" else copy.deepcopy(reference).cpu()
+    ref = reference_onnx(reference, cache_dir, m, m.threads)
+    if ref.created:
+        notes.append("reference ONNX files exported into the cache by this run (its export time counts here)")
+    return {backend: {n: export.ort_session(ref.files[n + suffix], m.threads) for n in ("reference", *SKELETONS)}
+            for backend, suffix in (("ort_fp32", ""), ("ort_int8", "_int8")) if backend in wanted}
+
+
+def benchmarks(models: Mapping[str, PdaBertForSequenceClassification], reference: PdaBertForSequenceClassification,
+               m: MeasureConfig, wanted: list[str], sessions: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """One ``benchmark_latency`` per backend, in its own rounds: every model, the reference and both skeletons.
+
+    Several models (named by ``models``' keys, never ``teacher``, ``floor`` or ``layer``) share one timing of
+    the reference per round. ``sessions[backend]``: ``{"models": {name: session}, "reference", "floor",
+    "layer"}`` for each ORT backend in ``wanted``.
+    """
     if not wanted:
         return {}
-    device = next(model.parameters()).device
-    eager = {"model": model, "teacher": reference, "floor": skeleton(reference.config, 0).to(device),
+    clash = set(models) & {"teacher", *SKELETONS}
+    if clash:
+        raise ValueError(f"model names {sorted(clash)} are reserved for the reference and its skeletons")
+    device = next(reference.parameters()).device
+    eager = {**models, "teacher": reference, "floor": skeleton(reference.config, 0).to(device),
              "layer": skeleton(reference.config, 1).to(device)}
     vocab = reference.config.vocab_size
     benches = {}
@@ -209,7 +239,8 @@ def _benchmarks(model: PdaBertForSequenceClassification, reference: PdaBertForSe
         rounds = m.rounds if backend == "eager_fp32" or m.backend_rounds is None else m.backend_rounds
         if backend in ORT_BACKENDS:
             s = sessions[backend]
-            runners = {"model": export.OrtRunner(s["model"], vocab), "teacher": export.OrtRunner(s["reference"], vocab),
+            runners = {**{n: export.OrtRunner(session, vocab) for n, session in s["models"].items()},
+                       "teacher": export.OrtRunner(s["reference"], vocab),
                        **{n: export.OrtRunner(s[n], vocab) for n in SKELETONS}}
             benches[backend] = measure.benchmark_latency(runners, tuple(m.batch_sizes), m.seq_len, m.warmup,
                                                          rounds, m.threads)
@@ -218,6 +249,13 @@ def _benchmarks(model: PdaBertForSequenceClassification, reference: PdaBertForSe
             benches[backend] = measure.benchmark_latency(eager, tuple(m.batch_sizes), m.seq_len, m.warmup, rounds,
                                                          m.threads, autocast_dtype=dtype)
     return benches
+
+
+def bench_view(bench: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """One model's view of a shared benchmark: that model as ``model``, with the reference and skeletons."""
+    keep = {"teacher", *SKELETONS}
+    return {**bench, "models": {MODEL: bench["models"][name],
+                                **{k: v for k, v in bench["models"].items() if k in keep}}}
 
 
 def speed_record(bench: Mapping[str, Any], model: str, reference: str) -> dict[str, Any]:

@@ -7,10 +7,11 @@ full hidden width, which share memory bandwidth with the training next door and 
 in-run speed-ups of the smallest models are biased low, by more than their noise. ``retime`` times
 each saved model again, every backend, against the reference on the same backend in the same
 process, and writes ``runs/<id>/retime.json`` next to the record; the analysis uses it in place of
-the in-run ``speed`` and ``backends`` and says so (``speed_source``).
+the in-run ``speed`` and ``backends`` and says so (``speed_source``). A task's models are timed
+together, so the reference is timed once per round for all of them, not once per model.
 
 Resumable: a run whose ``retime.json`` was made with the same settings and the same model (the
-record's fingerprint) is skipped, so an interrupted pass continues where it stopped.
+record's fingerprint) is skipped, so an interrupted pass continues with the task it was timing.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import fnmatch
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -61,23 +63,42 @@ def select_runs(directory: Path, patterns: list[str] | None) -> list[Path]:
     return found
 
 
-def retime_run(run_dir: Path, reference: torch.nn.Module, m: MeasureConfig, cache_dir: Path,
-               device: torch.device) -> dict[str, Any]:
-    """Time one saved model on every backend of ``m`` against ``reference`` and write ``retime.json``."""
-    record = read_record(run_dir)
-    model = checkpoint.deployable_model(checkpoint.load_model(run_dir / MODEL_DIR).to(device))
+def retime_group(runs: list[Path], reference: torch.nn.Module, m: MeasureConfig, cache_dir: Path,
+                 device: torch.device) -> dict[Path, dict[str, Any]]:
+    """Time the saved models of ``runs`` (one task: one reference) together and write each ``retime.json``.
+
+    Every backend runs its own rounds over all the models, the reference and its skeletons, so the
+    reference is timed once per round for the whole group instead of once per model.
+    """
+    notes: list[str] = []
+    wanted = backends.timed_backends(m, device, notes)
+    models = {run.name: checkpoint.deployable_model(checkpoint.load_model(run / MODEL_DIR).to(device)) for run in runs}
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    with tempfile.TemporaryDirectory(dir=run_dir) as work:
-        deploy = backends.measure_deployment(model, reference, m, Path(work), cache_dir)
-    out = {
-        "fingerprint": _sha(record), "settings": settings_key(m),
-        "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "load_average_before": load, "cpu_count": os.cpu_count(),
-        "speed": deploy["speed"], "backends": deploy["backends"], "notes": deploy["notes"],
-        "deploy_time_s": deploy["deploy_time_s"],
-    }
-    atomic_write_text(Path(run_dir) / RETIME_FILE, json.dumps(out, indent=1, sort_keys=True) + "\n")
-    return out
+    spent: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as work:
+        onnx = {}
+        if any(b in backends.ORT_BACKENDS for b in wanted):
+            for name, model in models.items():
+                (Path(work) / name).mkdir()
+                onnx[name] = backends.model_onnx(model, m, Path(work) / name, spent)
+        ref_sessions = backends.reference_sessions(reference, m, wanted, cache_dir, notes) if onnx else {}
+        sessions = {b: {**ref_sessions[b], "models": {n: o["sessions"][b] for n, o in onnx.items()}}
+                    for b in wanted if b in backends.ORT_BACKENDS}
+        start = time.perf_counter()
+        benches = backends.benchmarks(models, reference, m, wanted, sessions)
+        spent["benchmark_s"] = time.perf_counter() - start
+    written = {}
+    for run in runs:
+        out = backends.deployment_records({b: backends.bench_view(bench, run.name) for b, bench in benches.items()},
+                                          onnx[run.name]["max_diff"] if onnx else None)
+        out = {"fingerprint": _sha(read_record(run)), "settings": settings_key(m),
+               "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+               "load_average_before": load, "cpu_count": os.cpu_count(), "group": [r.name for r in runs],
+               "speed": out["speed"], "backends": out["backends"], "notes": notes,
+               "group_time_s": {k: round(v, 3) for k, v in spent.items()}}
+        atomic_write_text(run / RETIME_FILE, json.dumps(out, indent=1, sort_keys=True) + "\n")
+        written[run] = out
+    return written
 
 
 def retime_study(cfg: StudyConfig, rounds: int = 5, threads: int | None = None,
@@ -85,7 +106,9 @@ def retime_study(cfg: StudyConfig, rounds: int = 5, threads: int | None = None,
                  force: bool = False, log=print) -> list[Path]:
     """Re-time every finished run of ``cfg``'s output folder (or those matching ``patterns``); the retimed runs.
 
-    ``threads`` defaults to the study's ``measure.threads``: a deployment that has the machine to itself.
+    Runs are timed task by task (one reference each); a task's runs are written when its timing ends,
+    so an interrupted pass loses at most the task it was timing. ``threads`` defaults to the study's
+    ``measure.threads``: a deployment that has the machine to itself.
     """
     from pda.models import load_pretrained_for_task
     from pda.pipeline import configure_environment, onnx_cache_dir
@@ -102,19 +125,21 @@ def retime_study(cfg: StudyConfig, rounds: int = 5, threads: int | None = None,
                           + (f" matches {patterns}" if patterns else ""))
     configure_environment(cfg.online)
     device = pick_device(cfg.device)
-    references: dict[str, torch.nn.Module] = {}
-    done = []
-    for i, run in enumerate(runs, 1):
+    by_task: dict[str, list[Path]] = {}
+    for run in runs:
         record = read_record(run)
-        previous = record.retimed
-        if previous is not None and previous.get("settings") == settings_key(m) and not force:
-            log(f"[{i}/{len(runs)}] {run.name}: already re-timed with these settings")
+        if record.retimed is not None and record.retimed.get("settings") == settings_key(m) and not force:
+            log(f"{run.name}: already re-timed with these settings")
             continue
-        if record.task not in references:  # the uncompressed architecture with this task's head
-            references[record.task] = checkpoint.deployable_model(
-                load_pretrained_for_task(cfg.model, get_task(record.task)).to(device))
-        out = retime_run(run, references[record.task], m, onnx_cache_dir(cfg), device)
-        b32 = {b: r["by_batch"].get("32", {}).get("speedup") for b, r in out["backends"].items()}
-        log(f"[{i}/{len(runs)}] {run.name}: speed-up at batch 32 {b32}")
-        done.append(run)
+        by_task.setdefault(record.task, []).append(run)
+    done = []
+    for task, group in by_task.items():
+        start = time.perf_counter()
+        reference = checkpoint.deployable_model(load_pretrained_for_task(cfg.model, get_task(task)).to(device))
+        written = retime_group(group, reference, m, onnx_cache_dir(cfg), device)
+        log(f"{task}: {len(group)} run(s) re-timed in {time.perf_counter() - start:.0f} s")
+        for run, out in written.items():
+            b32 = {b: r["by_batch"].get(str(max(m.batch_sizes)), {}).get("speedup") for b, r in out["backends"].items()}
+            log(f"  {run.name}: speed-up at batch {max(m.batch_sizes)} {b32}")
+        done.extend(written)
     return done

@@ -66,6 +66,20 @@ def test_retime_times_each_saved_model_again_and_the_analysis_prefers_it(finishe
                         log=lambda _: None) == [pruned]
 
 
+def test_a_tasks_runs_share_one_timing_of_the_reference_per_backend(finished) -> None:
+    _, study = finished
+    done = retime_study(study, rounds=1, backend_names=["eager_fp32", "ort_fp32"], force=True, log=lambda _: None)
+    assert [p.name for p in done] == ["mrpc-FT-seed0", "mrpc-P-sp60-seed0"]
+    teacher, pruned = (read_record(p).retimed for p in done)
+    assert teacher["group"] == pruned["group"] == ["mrpc-FT-seed0", "mrpc-P-sp60-seed0"]
+    for backend in ("eager_fp32", "ort_fp32"):
+        for batch in ("1", "4"):
+            a, b = teacher["backends"][backend]["by_batch"][batch], pruned["backends"][backend]["by_batch"][batch]
+            assert a["teacher_latency_ms_median"] == b["teacher_latency_ms_median"]  # one reference timing
+            assert a["latency_ms_median"] != b["latency_ms_median"]  # each model its own
+    assert pruned["backends"]["ort_fp32"]["max_abs_logit_diff"] <= 1e-4
+
+
 def test_a_retime_of_another_model_in_the_same_folder_is_ignored(finished) -> None:
     _, study = finished
     teacher = run_dir(study, "mrpc-FT-seed0")
