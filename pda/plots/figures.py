@@ -57,6 +57,11 @@ def plot_metric_by_scenario(data: FigureData, out_dir: Path | None = None) -> Fi
             majority = data.majority.get(task)
             if majority is not None and majority <= 0:
                 majority = None  # a constant prediction's MCC or correlation is the 0 line
+            below = majority is not None and majority < floor  # every bar is above it: said in the title instead
+            if below:
+                majority_note, majority = f"; majority class {majority:.1f} is below the axis", None
+            else:
+                majority_note = ""
             # labels at the right edge; when the two lines nearly meet, FT's goes above and the majority's below
             close = len(ft) and majority is not None and abs(ft.iloc[0] - majority) < 0.08 * (top - floor)
             if len(ft):
@@ -74,7 +79,8 @@ def plot_metric_by_scenario(data: FigureData, out_dir: Path | None = None) -> Fi
                                 ha="center", va="bottom", fontsize=8, color="firebrick")
             recipe_axis(ax, x, recipes)
             ax.set_ylabel(metric_axis_label(rows["main_metric"]))
-            ax.set_title(task_title(task) + (f"  (y-axis starts at {floor:g})" if floor > 0 else ""))
+            ax.set_title(task_title(task) + (f"  (y-axis starts at {floor:g}{majority_note})" if floor > 0 else ""),
+                         fontsize=10 if majority_note else None)
         caption = n_caption(have["n_runs"], "seed")
         if data.collapsed:
             caption += "; †k = k runs not significantly above the majority class (a constant prediction)"
