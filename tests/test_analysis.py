@@ -477,15 +477,30 @@ def test_metric_figure_draws_the_majority_class_and_marks_collapsed_recipes() ->
     task = frame["task"].iloc[0]
     collapse = pd.DataFrame({"task": [task] * 3, "recipe": ["P 90%", "P 90%", "A"],
                              analysis.collapse.VERDICT: ["yes", "yes", "no"]})
-    data = analysis.figure_data(frame, records, {task: MajorityBaseline(50.0, 50.0, 100)}, collapse)
+    data = analysis.figure_data(frame, records, {task: MajorityBaseline(65.0, 65.0, 100)}, collapse)  # on the axis
     assert data.collapsed == {(task, "P 90%"): 2}
     fig = plots.plot_metric_by_scenario(data)
     ax = fig.axes[0]
-    assert any(list(line.get_ydata()) == [50.0, 50.0] for line in ax.get_lines())  # the majority-class line
+    assert any(list(line.get_ydata()) == [65.0, 65.0] for line in ax.get_lines())  # the majority-class line
     assert [t.get_text() for t in ax.texts if t.get_text().startswith("†")] == ["†2"]
     assert "†k" in fig.get_suptitle()
     plain = plots.plot_metric_by_scenario(analysis.figure_data(frame, records))
     assert not any(t.get_text().startswith("†") for a in plain.axes for t in a.texts) and "†" not in plain.get_suptitle()
+
+
+def test_a_majority_class_below_the_axis_is_named_in_the_title_not_drawn_outside_it() -> None:
+    from pda.baselines import MajorityBaseline
+
+    records = make_world(TRUE_WORLD)
+    frame = analysis.records_frame(records)
+    task = frame["task"].iloc[0]
+    low = float(frame[frame["task"] == task]["main_metric_value"].min()) - 30  # far under every bar
+    fig = plots.plot_metric_by_scenario(analysis.figure_data(frame, records, {task: MajorityBaseline(low, low, 100)}))
+    ax = fig.axes[0]
+    assert ax.get_ylim()[0] > low
+    assert not any(t.get_text().startswith("majority") for t in ax.texts)
+    assert not any(list(line.get_ydata()) == [low, low] for line in ax.get_lines())
+    assert f"majority class {low:.1f} is below the axis" in ax.get_title()
 
 
 def test_figures_name_tasks_and_metrics_as_glue_does() -> None:
