@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def retime_command(args: argparse.Namespace) -> int:
     """``python -m pda retime``: every finished run's model timed again, then the analysis over the new numbers."""
+    from pda import site
     from pda.config import load_params
     from pda.retime import retime_study
     from pda.study import run_analysis
@@ -100,7 +101,9 @@ def retime_command(args: argparse.Namespace) -> int:
     print(f"re-timed {len(done)} run(s) in {(time.perf_counter() - start) / 60:.1f} min")
     if args.no_analysis:
         return 0
-    return 1 if run_analysis(args.params, cfg, args.kernel) else 0
+    failed = run_analysis(args.params, cfg, args.kernel)
+    print(site.site_note(Path(cfg.output_dir)))  # index.html again, with the new speeds
+    return 1 if failed else 0
 
 
 def export_command(args: argparse.Namespace) -> int:
