@@ -353,7 +353,7 @@ def _speed_lines(r: Mapping[str, Any]) -> list[str]:
             f"with {next(iter(backends.values())).get('threads', '?')} threads at length "
             f"{next(iter(backends.values())).get('seq_len', '?')}"
             + (" after the study, with nothing else running (`python -m pda retime`)" if r.get("speed_retimed")
-               else " during the study, while other runs trained beside it") + f".{bound}"]
+               else " during the run, beside whatever else the machine ran then") + f".{bound}"]
 
 
 def _needs_code(model_dir: Path) -> bool:

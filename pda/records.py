@@ -71,8 +71,9 @@ class RunRecord:
       and its hash. A record whose fingerprint differs from the current one is not reused.
     - ``retimed``: not part of ``result.json``. ``read_record`` fills it from ``retime.json`` when
       ``python -m pda retime`` timed this same model again (same fingerprint) with the machine to
-      itself: ``{"settings", "when", "load_average_before", "cpu_count", "speed", "backends",
-      "notes", "deploy_time_s"}``, ``speed`` and ``backends`` as above. The analysis prefers it.
+      itself: ``{"fingerprint", "settings", "when", "load_average_before", "cpu_count", "group" (the
+      runs timed with it), "speed", "backends", "notes", "group_time_s"}``, ``speed`` and ``backends``
+      as above. The analysis prefers it.
     """
 
     run_id: str

@@ -80,6 +80,17 @@ def test_a_tasks_runs_share_one_timing_of_the_reference_per_backend(finished) ->
     assert pruned["backends"]["ort_fp32"]["max_abs_logit_diff"] <= 1e-4
 
 
+def test_the_model_card_shows_the_retimed_speeds_and_says_so(finished, tmp_path) -> None:
+    from pda.export import export_run
+
+    _, study = finished
+    pruned = run_dir(study, "mrpc-P-sp60-seed0")
+    retime_study(study, rounds=1, backend_names=["eager_fp32"], patterns=["*-P-*"], force=True, log=lambda _: None)
+    speedup = read_record(pruned).retimed["backends"]["eager_fp32"]["by_batch"]["4"]["speedup"]
+    card = (export_run(pruned, tmp_path / "export") / "README.md").read_text()
+    assert "python -m pda retime" in card and f"{speedup:.2f}x" in card
+
+
 def test_a_retime_of_another_model_in_the_same_folder_is_ignored(finished) -> None:
     _, study = finished
     teacher = run_dir(study, "mrpc-FT-seed0")

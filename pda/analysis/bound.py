@@ -69,10 +69,11 @@ def bound_sentence(frame: pd.DataFrame, batch: int = 32) -> str:
         how = "every run was timed again after the study with the machine to itself (`python -m pda retime`)"
     elif retimed:
         how = (f"{retimed} of {total} runs were timed again with the machine to itself (`python -m pda retime`), "
-               "the others during the study, while other runs trained beside them")
+               "the others during their run")
     else:
-        how = ("every run was timed during the study, while other runs trained beside it; memory-bound work, most "
-               "of a small model's time, slows down more under that load than the reference's matrix products, "
-               "so these shares are low; `python -m pda retime` times them again on an idle machine")
+        how = ("every run was timed during its run, beside whatever else the study ran (in a parallel study, the "
+               "other workers' training); memory-bound work, most of a small model's time, slows down more under "
+               "that load than the reference's matrix products, so these shares can be low; `python -m pda retime` "
+               "times them again on an idle machine")
     return (f"Speed-up at batch {batch} over the FLOP bound (teacher FLOPs / model FLOPs), per backend, against the "
             f"uncompressed model on the same backend (in brackets: runs measured); {how}.")
