@@ -127,6 +127,11 @@ class RunRecord:
 SIDECAR_FIELDS = frozenset(f.name for f in dataclasses.fields(RunRecord) if "sidecar" in f.metadata)
 
 
+def fingerprint_sha(record: RunRecord) -> str | None:
+    """The hash that names the inputs ``record``'s run was made from (None for a record without one)."""
+    return (record.fingerprint or {}).get("sha256")
+
+
 def read_retimed(run_dir: Path, record: RunRecord) -> dict[str, Any] | None:
     """``run_dir``'s ``retime.json`` if it timed the model of ``record`` (same fingerprint), else None.
 
@@ -136,7 +141,7 @@ def read_retimed(run_dir: Path, record: RunRecord) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     data = json.loads(path.read_text(encoding="utf-8"))
-    sha = (record.fingerprint or {}).get("sha256")
+    sha = fingerprint_sha(record)
     return data if sha is not None and data.get("fingerprint") == sha else None
 
 

@@ -30,7 +30,7 @@ import torch
 
 from pda import backends, checkpoint
 from pda.config import BACKENDS, ConfigError, MeasureConfig, StudyConfig, validate_measure
-from pda.records import RESULT_FILE, RETIME_FILE, RunRecord, atomic_write_text, read_record
+from pda.records import RESULT_FILE, RETIME_FILE, RunRecord, atomic_write_text, fingerprint_sha, read_record
 from pda.runs import MODEL_DIR, runs_dir
 
 VERSION = 1
@@ -51,10 +51,6 @@ def settings_key(m: MeasureConfig) -> dict[str, Any]:
             "quantize_ops": list(m.quantize_ops), "quantize_per_channel": m.quantize_per_channel}
 
 
-def _sha(record: RunRecord) -> str | None:
-    return (record.fingerprint or {}).get("sha256")
-
-
 def select_runs(directory: Path, patterns: list[str] | None) -> list[Path]:
     """Finished runs (``result.json`` and a saved model) whose id matches one of ``patterns`` (globs)."""
     found = sorted(p.parent for p in Path(directory).glob(f"*/{RESULT_FILE}") if (p.parent / MODEL_DIR).is_dir())
@@ -63,9 +59,10 @@ def select_runs(directory: Path, patterns: list[str] | None) -> list[Path]:
     return found
 
 
-def retime_group(runs: list[Path], reference: torch.nn.Module, m: MeasureConfig, cache_dir: Path,
+def retime_group(runs: dict[Path, RunRecord], reference: torch.nn.Module, m: MeasureConfig, cache_dir: Path,
                  device: torch.device) -> dict[Path, dict[str, Any]]:
-    """Time the saved models of ``runs`` (one task: one reference) together and write each ``retime.json``.
+    """Time the saved models of ``runs`` (run folder -> its record; one task: one reference) together and
+    write each ``retime.json``.
 
     Every backend runs its own rounds over all the models, the reference and its skeletons, so the
     reference is timed once per round for the whole group instead of once per model.
@@ -91,7 +88,7 @@ def retime_group(runs: list[Path], reference: torch.nn.Module, m: MeasureConfig,
     for run in runs:
         out = backends.deployment_records({b: backends.bench_view(bench, run.name) for b, bench in benches.items()},
                                           onnx[run.name]["max_diff"] if onnx else None)
-        out = {"fingerprint": _sha(read_record(run)), "settings": settings_key(m),
+        out = {"fingerprint": fingerprint_sha(runs[run]), "settings": settings_key(m),
                "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "load_average_before": load, "cpu_count": os.cpu_count(), "group": [r.name for r in runs],
                "speed": out["speed"], "backends": out["backends"], "notes": notes,
@@ -125,13 +122,13 @@ def retime_study(cfg: StudyConfig, rounds: int = 5, threads: int | None = None,
                           + (f" matches {patterns}" if patterns else ""))
     configure_environment(cfg.online)
     device = pick_device(cfg.device)
-    by_task: dict[str, list[Path]] = {}
+    by_task: dict[str, dict[Path, RunRecord]] = {}
     for run in runs:
         record = read_record(run)
         if record.retimed is not None and record.retimed.get("settings") == settings_key(m) and not force:
             log(f"{run.name}: already re-timed with these settings")
             continue
-        by_task.setdefault(record.task, []).append(run)
+        by_task.setdefault(record.task, {})[run] = record
     done = []
     for task, group in by_task.items():
         start = time.perf_counter()

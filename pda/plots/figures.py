@@ -57,11 +57,9 @@ def plot_metric_by_scenario(data: FigureData, out_dir: Path | None = None) -> Fi
             majority = data.majority.get(task)
             if majority is not None and majority <= 0:
                 majority = None  # a constant prediction's MCC or correlation is the 0 line
-            below = majority is not None and majority < floor  # every bar is above it: said in the title instead
-            if below:
+            majority_note = ""
+            if majority is not None and majority < floor:  # every bar is above it: said in the title instead
                 majority_note, majority = f"; majority class {majority:.1f} is below the axis", None
-            else:
-                majority_note = ""
             # labels at the right edge; when the two lines nearly meet, FT's goes above and the majority's below
             close = len(ft) and majority is not None and abs(ft.iloc[0] - majority) < 0.08 * (top - floor)
             if len(ft):
