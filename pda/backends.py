@@ -209,6 +209,8 @@ def model_onnx(model: PdaBertForSequenceClassification, m: MeasureConfig, work_d
 def reference_sessions(reference: PdaBertForSequenceClassification, m: MeasureConfig, wanted: list[str],
                        cache_dir: Path, notes: list[str]) -> dict[str, dict[str, Any]]:
     """Per ORT backend timed, sessions of the cached reference and skeletons (``reference``, ``floor``, ``layer``)."""
+    if not any(b in ORT_BACKENDS for b in wanted):
+        return {}  # nothing to time on ONNX Runtime: no reference export either
     reference = reference if reference.device.type == "cpu" else copy.deepcopy(reference).cpu()
     ref = reference_onnx(reference, cache_dir, m, m.threads)
     if ref.created:

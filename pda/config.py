@@ -45,6 +45,8 @@ GATE_INITS = ("importance", "cofi")  # see pda.pruning.importance
 # Where a model's speed is measured (pda.backends): torch eager fp32 / bf16 autocast, ONNX Runtime fp32 / INT8.
 BACKENDS = ("eager_fp32", "eager_bf16", "ort_fp32", "ort_int8")
 QUANTIZE_OPS = ("MatMul", "Gather")  # ONNX Runtime dynamic INT8: linear layers, embedding tables
+# When a run's speed is measured: by the run itself, or by the study once every run has trained (``pda.retime``)
+TIMINGS = ("in_run", "after_study")
 
 
 @dataclasses.dataclass
@@ -115,10 +117,15 @@ class MeasureConfig:
     a note, on hardware without native bf16); ``backend_rounds``: timed rounds for the backends other
     than ``eager_fp32`` (None: ``rounds``), to trade their precision for time. ``quantize``: also record
     the ONNX Runtime dynamic-INT8 variant (dev metric, bytes, speed), quantising ``quantize_ops`` per
-    tensor or ``quantize_per_channel``.
+    tensor or ``quantize_per_channel``. ``timing``: ``in_run`` times each model as its run ends (while
+    a parallel study trains other runs beside it); ``after_study`` leaves that to ``pda study``, which
+    times every run's model with these settings once all runs have trained, with the machine to
+    itself (``runs/<id>/retime.json``, see ``pda.retime``). It decides when, not what, so it is not
+    part of the fingerprint.
     """
 
     speed: bool = True
+    timing: str = dataclasses.field(default="in_run", metadata=NOT_FINGERPRINTED)
     batch_sizes: list[int] = dataclasses.field(default_factory=lambda: [1, 32])
     seq_len: int = 128
     warmup: int = 3
@@ -465,6 +472,9 @@ def validate_measure(m: MeasureConfig, where: str = "measure.") -> None:
     if m.backend_rounds is not None:
         _check_number(f"{where}backend_rounds", m.backend_rounds, 1, integer=True)
     _check_number(f"{where}threads", m.threads, 1, integer=True)
+    if m.timing not in TIMINGS:
+        raise ConfigError(f"{where}timing={m.timing!r} is not known; valid: {list(TIMINGS)} (in_run: each run times "
+                          "its model; after_study: the study times every model once all runs have trained)")
 
 
 def _read_yaml(path: Path) -> Any:

@@ -238,7 +238,7 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
                                                                  data, batch_size)}
         (tmp / "export.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         card = record.to_dict()
-        if record.retimed:  # timed again with the machine to itself (python -m pda retime): what the card shows
+        if record.retimed:  # timed after the study with the machine to itself (pda.retime): what the card shows
             card.update(speed=record.retimed["speed"], backends=record.retimed["backends"], speed_retimed=True)
         (tmp / "README.md").write_text(model_card(card, info, custom_code=_needs_code(tmp)),
                                        encoding="utf-8")
@@ -352,7 +352,7 @@ def _speed_lines(r: Mapping[str, Any]) -> list[str]:
             f"Medians, measured in one process on {next(iter(backends.values())).get('device', 'the run machine')} "
             f"with {next(iter(backends.values())).get('threads', '?')} threads at length "
             f"{next(iter(backends.values())).get('seq_len', '?')}"
-            + (" after the study, with nothing else running (`python -m pda retime`)" if r.get("speed_retimed")
+            + (" after the study's training, with nothing else running (`pda.retime`)" if r.get("speed_retimed")
                else " during the run, beside whatever else the machine ran then") + f".{bound}"]
 
 

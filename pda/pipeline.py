@@ -359,8 +359,13 @@ def measurements(model, reference, model_dir: Path, study, device, data: TaskDat
         return out
     evaluate_int8 = (lambda session: evaluate_session(session, data, study.training.eval_batch_size)) \
         if data is not None else None
+    later = m.speed and m.timing == "after_study"
+    if later:
+        out["notes"].append("speed not timed in the run: the study times every model once all runs have trained "
+                            "(measure.timing: after_study, runs/<id>/retime.json)")
+    now = dataclasses.replace(m, speed=False) if later else m
     with tempfile.TemporaryDirectory(dir=model_dir.parent) as work:
-        deploy = backends.measure_deployment(deployable, deployable_ref, m, Path(work), onnx_cache_dir(study),
+        deploy = backends.measure_deployment(deployable, deployable_ref, now, Path(work), onnx_cache_dir(study),
                                              evaluate_int8, data.task.main_metric if data is not None else None)
     if deploy["quantized"] is not None:
         deploy["quantized"]["teacher_bytes_on_disk"] = out["teacher_bytes_on_disk"]

@@ -12,6 +12,9 @@ together, so the reference is timed once per round for all of them, not once per
 
 Resumable: a run whose ``retime.json`` was made with the same settings and the same model (the
 record's fingerprint) is skipped, so an interrupted pass continues with the task it was timing.
+
+A study whose ``measure.timing`` is ``after_study`` does not time in its runs at all: ``pda study``
+calls ``time_after_study`` once every run has trained, with each run's own measurement settings.
 """
 
 from __future__ import annotations
@@ -29,25 +32,31 @@ from typing import Any
 import torch
 
 from pda import backends, checkpoint
-from pda.config import BACKENDS, ConfigError, MeasureConfig, StudyConfig, validate_measure
+from pda.config import BACKENDS, ConfigError, MeasureConfig, StudyConfig, for_run, validate_measure
 from pda.records import RESULT_FILE, RETIME_FILE, RunRecord, atomic_write_text, fingerprint_sha, read_record
-from pda.runs import MODEL_DIR, runs_dir
+from pda.runs import MODEL_DIR, RunSpec, run_dir, runs_dir
 
-VERSION = 1
+VERSION = 2  # 2: backend_rounds in the settings
 
 
 def retime_settings(measure: MeasureConfig, rounds: int, threads: int, backend_names: list[str] | None) -> MeasureConfig:
     """The study's measurement protocol with every backend (or ``backend_names``) timed ``rounds`` times, no INT8 metric."""
-    m = dataclasses.replace(measure, speed=True, quantize=False, energy=False, rounds=rounds, backend_rounds=None,
-                            threads=threads, backends=list(backend_names or BACKENDS))
+    m = dataclasses.replace(timing_settings(measure), rounds=rounds, backend_rounds=None, threads=threads,
+                            backends=list(backend_names or BACKENDS))
     validate_measure(m, where="retime ")
     return m
+
+
+def timing_settings(measure: MeasureConfig) -> MeasureConfig:
+    """``measure`` as a timing pass uses it: speed only (the INT8 metric and the energy belong to the run)."""
+    return dataclasses.replace(measure, speed=True, quantize=False, energy=False, timing="in_run")
 
 
 def settings_key(m: MeasureConfig) -> dict[str, Any]:
     """What makes two timings of the same model comparable (a retime with other settings is done again)."""
     return {"version": VERSION, "backends": list(m.backends), "batch_sizes": list(m.batch_sizes),
-            "seq_len": m.seq_len, "warmup": m.warmup, "rounds": m.rounds, "threads": m.threads,
+            "seq_len": m.seq_len, "warmup": m.warmup, "rounds": m.rounds, "backend_rounds": m.backend_rounds,
+            "threads": m.threads,
             "quantize_ops": list(m.quantize_ops), "quantize_per_channel": m.quantize_per_channel}
 
 
@@ -107,11 +116,6 @@ def retime_study(cfg: StudyConfig, rounds: int = 5, threads: int | None = None,
     so an interrupted pass loses at most the task it was timing. ``threads`` defaults to the study's
     ``measure.threads``: a deployment that has the machine to itself.
     """
-    from pda.models import load_pretrained_for_task
-    from pda.pipeline import configure_environment, onnx_cache_dir
-    from pda.tasks import get_task
-    from pda.train import pick_device
-
     m = retime_settings(cfg.measure, rounds, threads or cfg.measure.threads, backend_names)
     directory = runs_dir(cfg)
     if not directory.is_dir():
@@ -120,21 +124,51 @@ def retime_study(cfg: StudyConfig, rounds: int = 5, threads: int | None = None,
     if not runs:
         raise ConfigError(f"no finished run with a saved model in {str(directory)!r}"
                           + (f" matches {patterns}" if patterns else ""))
+    return _time_groups(cfg, [(run, read_record(run), m) for run in runs], force, log)
+
+
+def time_after_study(cfg: StudyConfig, specs: list[RunSpec], log=print) -> list[Path]:
+    """The timing a study with ``measure.timing: after_study`` left for its end; the runs timed.
+
+    Every finished run of ``specs`` that did not time itself (no ``speed`` in its record: its
+    settings deferred it) and whose model is saved is timed with its own settings (its task's
+    backends, rounds and threads, as the parameter file gives them), a task's runs together.
+    Runs already timed with those settings are skipped, so a study started again resumes here.
+    """
+    todo = []
+    for spec in specs:
+        m = for_run(cfg, spec.task, spec.scenario, spec.sparsity, spec.seed).study.measure
+        run = run_dir(cfg, spec.run_id)
+        if not (m.speed and m.timing == "after_study" and (run / RESULT_FILE).is_file() and (run / MODEL_DIR).is_dir()):
+            continue
+        record = read_record(run)
+        if record.speed is None:
+            todo.append((run, record, timing_settings(m)))
+    return _time_groups(cfg, todo, False, log) if todo else []
+
+
+def _time_groups(cfg: StudyConfig, runs: list[tuple[Path, RunRecord, MeasureConfig]], force: bool, log) -> list[Path]:
+    """Time ``runs`` (folder, record, settings) grouped by task and settings; skip those already timed so."""
+    from pda.models import load_pretrained_for_task
+    from pda.pipeline import configure_environment, onnx_cache_dir
+    from pda.tasks import get_task
+    from pda.train import pick_device
+
     configure_environment(cfg.online)
     device = pick_device(cfg.device)
-    by_task: dict[str, dict[Path, RunRecord]] = {}
-    for run in runs:
-        record = read_record(run)
-        if record.retimed is not None and record.retimed.get("settings") == settings_key(m) and not force:
+    groups: dict[tuple[str, str], tuple[MeasureConfig, dict[Path, RunRecord]]] = {}
+    for run, record, m in runs:
+        key = settings_key(m)
+        if record.retimed is not None and record.retimed.get("settings") == key and not force:
             log(f"{run.name}: already re-timed with these settings")
             continue
-        by_task.setdefault(record.task, {})[run] = record
+        groups.setdefault((record.task, json.dumps(key, sort_keys=True)), (m, {}))[1][run] = record
     done = []
-    for task, group in by_task.items():
+    for (task, _), (m, group) in groups.items():
         start = time.perf_counter()
         reference = checkpoint.deployable_model(load_pretrained_for_task(cfg.model, get_task(task)).to(device))
         written = retime_group(group, reference, m, onnx_cache_dir(cfg), device)
-        log(f"{task}: {len(group)} run(s) re-timed in {time.perf_counter() - start:.0f} s")
+        log(f"{task}: {len(group)} run(s) timed in {time.perf_counter() - start:.0f} s")
         for run, out in written.items():
             b32 = {b: r["by_batch"].get(str(max(m.batch_sizes)), {}).get("speedup") for b, r in out["backends"].items()}
             log(f"  {run.name}: speed-up at batch {max(m.batch_sizes)} {b32}")

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pda import fingerprint, scaleout, site
+from pda import fingerprint, retime, scaleout, site
 from pda.kernels import WarmKernel
 from pda.config import RunConfig, StudyConfig, check_data, for_run, load_params, share_cores
 from pda.runs import RunSpec, dependencies, expand_grid, is_done, move_aside, run_dir, run_state
@@ -275,6 +275,7 @@ def run_study(params_file: Path, workers: int = 0, scheduler: Any = None, kernel
     try:
         outcomes = _run_grid(params_file, cfg, specs, workers, scheduler, kernel_name, stale_after, kernel,
                              warm_kernel)
+        outcomes.extend(run_deferred_timing(cfg, specs))
         if analysis:
             outcomes.extend(run_analysis(params_file, cfg, kernel_name, kernel))
             print(site.site_note(Path(cfg.output_dir)), flush=True)
@@ -306,6 +307,20 @@ def _run_grid(params_file: Path, cfg: StudyConfig, specs: list[RunSpec], workers
             return run_parallel(client, cfg, specs, execute)
 
 
+def run_deferred_timing(cfg: StudyConfig, specs: list[RunSpec]) -> list[Outcome]:
+    """Time the models of runs that left it to the study (``measure.timing: after_study``), now that no run
+    trains beside them; in this process, one model at a time. Its failure is one more failed outcome."""
+    start = time.perf_counter()
+    try:
+        timed = retime.time_after_study(cfg, specs, log=lambda line: print(line, flush=True))
+    except Exception as exc:  # noqa: BLE001
+        print(f"timing after the study failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return [Outcome(RunSpec("*", "timing", None, 0), "failed", None, f"{type(exc).__name__}: {exc}")]
+    if timed:
+        print(f"{len(timed)} model(s) timed after the study in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
+    return []
+
+
 def run_analysis(params_file: Path, cfg: StudyConfig, kernel_name: str = KERNEL_NAME,
                  kernel: WarmKernel | None = None) -> list[Outcome]:
     """The analysis notebook over whatever runs finished; its failure is one more failed outcome."""
@@ -319,6 +334,10 @@ def run_analysis(params_file: Path, cfg: StudyConfig, kernel_name: str = KERNEL_
     return []
 
 
+# The study's steps after its runs, as their outcomes name them (a RunSpec with task "*")
+STEPS = {"timing": "timing after the study", "analysis": "analysis notebook"}
+
+
 def summarize(outcomes: list[Outcome]) -> str:
     counts: dict[str, int] = {}
     for o in outcomes:
@@ -329,6 +348,6 @@ def summarize(outcomes: list[Outcome]) -> str:
             lines.append(f"  STALE {o.spec.run_id}: its old result was moved to {o.moved_aside}")
         if o.status in ("failed", "skipped"):
             where = f" (notebook: {o.notebook})" if o.notebook else ""
-            name = "analysis notebook" if o.spec.scenario == "analysis" else o.spec.run_id
+            name = STEPS.get(o.spec.scenario) or o.spec.run_id
             lines.append(f"  {o.status.upper()} {name}: {o.error}{where}")
     return "\n".join(lines)

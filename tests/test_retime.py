@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -88,7 +89,7 @@ def test_the_model_card_shows_the_retimed_speeds_and_says_so(finished, tmp_path)
     retime_study(study, rounds=1, backend_names=["eager_fp32"], patterns=["*-P-*"], force=True, log=lambda _: None)
     speedup = read_record(pruned).retimed["backends"]["eager_fp32"]["by_batch"]["4"]["speedup"]
     card = (export_run(pruned, tmp_path / "export") / "README.md").read_text()
-    assert "python -m pda retime" in card and f"{speedup:.2f}x" in card
+    assert "after the study's training, with nothing else running" in card and f"{speedup:.2f}x" in card
 
 
 def test_a_retime_of_another_model_in_the_same_folder_is_ignored(finished) -> None:
@@ -124,6 +125,67 @@ def test_the_command_line_names_a_bad_value(finished, capsys) -> None:
     assert "--rounds=0" in capsys.readouterr().err
     assert main(["retime", str(params), "--backends", "tensorrt", "--no-analysis"]) == 2
     assert "tensorrt" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def deferred(tmp_path_factory, glue_dir):
+    """MRPC's teacher and P 60 % trained by a study that times after training; P times one backend only."""
+    root = tmp_path_factory.mktemp("deferred")
+    base = yaml.safe_load((ROOT / "parameters" / "smoke.yaml").read_text())
+    base.update({"data_dir": str(glue_dir), "output_dir": str(root / "outputs"), **TINY, "tasks": ["mrpc"],
+                 "scenarios": ["FT", "P"], "sparsities": [0.6]})
+    base["measure"] = {**TINY["measure"], "speed": True, "timing": "after_study", "quantize": True,
+                       "backends": ["eager_fp32", "ort_int8"]}
+    base["overrides"] = {"mrpc/P": {"measure": {"backends": ["eager_fp32"], "rounds": 2}}}
+    params = root / "parameters" / "p.yaml"
+    params.parent.mkdir()
+    params.write_text(yaml.safe_dump(base))
+    study = config.load_params(params)
+    pipeline.run(config.for_run(study, "mrpc", "P", 0.6, 0), with_dependencies=True)
+    return params, study
+
+
+def test_a_study_that_times_after_training_times_every_model_at_its_end_with_its_own_settings(deferred) -> None:
+    from pda.study import run_study
+
+    params, study = deferred
+    teacher, pruned = run_dir(study, "mrpc-FT-seed0"), run_dir(study, "mrpc-P-sp60-seed0")
+    for run in (teacher, pruned):  # the runs timed nothing, but still measured their INT8 variant's metric
+        rec = read_record(run)
+        assert rec.speed is None and not rec.backends
+        assert rec.quantized["metrics"] and rec.quantized.get("speed") is None
+        assert any("after_study" in note for note in rec.notes) and rec.retimed is None
+    outcomes = run_study(params, analysis=False)  # both runs are done: the study only times them
+    assert {o.status for o in outcomes} == {"cached"}
+    t, p = read_record(teacher).retimed, read_record(pruned).retimed
+    assert t["settings"]["backends"] == ["eager_fp32", "ort_int8"] and t["settings"]["rounds"] == 1
+    assert p["settings"]["backends"] == ["eager_fp32"] and p["settings"]["rounds"] == 2  # mrpc/P's override
+    assert t["group"] == ["mrpc-FT-seed0"] and p["group"] == ["mrpc-P-sp60-seed0"]  # other settings: apart
+    rows = records_frame([read_record(teacher), read_record(pruned)]).set_index("run_id")
+    assert (rows["speed_source"] == "retime").all() and rows.loc["mrpc-P-sp60-seed0", "speedup_b4"] > 0
+    assert rows.loc["mrpc-FT-seed0", "q_speedup_b4"] > 0  # +Q's speed from the timing after the study
+    stamp = (pruned / RETIME_FILE).stat().st_mtime_ns
+    assert {o.status for o in run_study(params, analysis=False)} == {"cached"}
+    assert (pruned / RETIME_FILE).stat().st_mtime_ns == stamp  # timed once: a study started again skips it
+
+
+def test_a_failed_timing_after_the_study_is_a_named_failed_outcome(deferred, monkeypatch) -> None:
+    from pda import retime
+    from pda.study import run_deferred_timing, summarize
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no ONNX Runtime here")
+
+    monkeypatch.setattr(retime, "time_after_study", broken)
+    outcomes = run_deferred_timing(deferred[1], [])
+    assert [o.status for o in outcomes] == ["failed"]
+    assert "timing after the study: RuntimeError: no ONNX Runtime here" in summarize(outcomes)
+
+
+def test_an_unknown_timing_is_named_with_the_valid_ones(deferred) -> None:
+    _, study = deferred
+    with pytest.raises(ConfigError, match=r"measure.timing='later'.*in_run.*after_study"):
+        config.validate_measure(dataclasses.replace(study.measure, timing="later"))
 
 
 def _record(run_id: str, scenario: str, sparsity: float | None, bound: float, speedups: dict[str, float],

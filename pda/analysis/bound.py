@@ -66,7 +66,8 @@ def bound_sentence(frame: pd.DataFrame, batch: int = 32) -> str:
     timed = shares["speed_source"].value_counts()
     retimed, total = int(timed.get("retime", 0)), len(shares)
     if retimed == total:
-        how = "every run was timed again after the study with the machine to itself (`python -m pda retime`)"
+        how = ("every run was timed after the study's training, with the machine to itself (`measure.timing: "
+               "after_study`, or `python -m pda retime`)")
     elif retimed:
         how = (f"{retimed} of {total} runs were timed again with the machine to itself (`python -m pda retime`), "
                "the others during their run")

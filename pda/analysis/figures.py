@@ -79,8 +79,8 @@ def _speed_context(frame: pd.DataFrame) -> str:
     sources = frame["speed_source"].dropna() if "speed_source" in frame else pd.Series(dtype=object)
     if len(sources):  # how the machine was loaded while timing (pda.retime)
         retimed = int((sources == "retime").sum())
-        parts.append("re-timed on an idle machine" if retimed == len(sources) else "timed during each run"
-                     if not retimed else f"{retimed} of {len(sources)} runs re-timed on an idle machine")
+        parts.append("timed after training, machine idle" if retimed == len(sources) else "timed during each run"
+                     if not retimed else f"{retimed} of {len(sources)} runs timed after training, machine idle")
     return "; ".join(parts)
 
 
