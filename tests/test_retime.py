@@ -167,6 +167,11 @@ def test_a_study_that_times_after_training_times_every_model_at_its_end_with_its
     stamp = (pruned / RETIME_FILE).stat().st_mtime_ns
     assert {o.status for o in run_study(params, analysis=False)} == {"cached"}
     assert (pruned / RETIME_FILE).stat().st_mtime_ns == stamp  # timed once: a study started again skips it
+    more = yaml.safe_load(params.read_text())
+    more["overrides"]["mrpc/P"]["measure"]["rounds"] = 3  # timed with another setting: re-timed, not retrained
+    params.write_text(yaml.safe_dump(more))
+    assert {o.status for o in run_study(params, analysis=False)} == {"cached"}
+    assert read_record(pruned).retimed["settings"]["rounds"] == 3 and read_record(teacher).retimed == t
 
 
 def test_a_failed_timing_after_the_study_is_a_named_failed_outcome(deferred, monkeypatch) -> None:
