@@ -37,6 +37,9 @@ from pda.records import RESULT_FILE, RETIME_FILE, RunRecord, atomic_write_text, 
 from pda.runs import MODEL_DIR, RunSpec, run_dir, runs_dir
 
 VERSION = 2  # 2: backend_rounds in the settings
+# Who made a retime.json: `pda retime` (the command) or `pda study` (measure.timing: after_study). A study
+# re-times its own timings when its settings change, never one the user asked for with the command.
+RETIME_COMMAND, STUDY = "retime", "study"
 
 
 def retime_settings(measure: MeasureConfig, rounds: int, threads: int, backend_names: list[str] | None) -> MeasureConfig:
@@ -69,9 +72,9 @@ def select_runs(directory: Path, patterns: list[str] | None) -> list[Path]:
 
 
 def retime_group(runs: dict[Path, RunRecord], reference: torch.nn.Module, m: MeasureConfig, cache_dir: Path,
-                 device: torch.device) -> dict[Path, dict[str, Any]]:
+                 device: torch.device, source: str = RETIME_COMMAND) -> dict[Path, dict[str, Any]]:
     """Time the saved models of ``runs`` (run folder -> its record; one task: one reference) together and
-    write each ``retime.json``.
+    write each ``retime.json`` (``source``: who asked, see ``SOURCES``).
 
     Every backend runs its own rounds over all the models, the reference and its skeletons, so the
     reference is timed once per round for the whole group instead of once per model.
@@ -97,7 +100,7 @@ def retime_group(runs: dict[Path, RunRecord], reference: torch.nn.Module, m: Mea
     for run in runs:
         out = backends.deployment_records({b: backends.bench_view(bench, run.name) for b, bench in benches.items()},
                                           onnx[run.name]["max_diff"] if onnx else None)
-        out = {"fingerprint": fingerprint_sha(runs[run]), "settings": settings_key(m),
+        out = {"fingerprint": fingerprint_sha(runs[run]), "settings": settings_key(m), "source": source,
                "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "load_average_before": load, "cpu_count": os.cpu_count(), "group": [r.name for r in runs],
                "speed": out["speed"], "backends": out["backends"], "notes": notes,
@@ -124,7 +127,7 @@ def retime_study(cfg: StudyConfig, rounds: int = 5, threads: int | None = None,
     if not runs:
         raise ConfigError(f"no finished run with a saved model in {str(directory)!r}"
                           + (f" matches {patterns}" if patterns else ""))
-    return _time_groups(cfg, [(run, read_record(run), m) for run in runs], force, log)
+    return _time_groups(cfg, [(run, read_record(run), m) for run in runs], force, log, RETIME_COMMAND)
 
 
 def time_after_study(cfg: StudyConfig, specs: list[RunSpec], log=print) -> list[Path]:
@@ -133,7 +136,8 @@ def time_after_study(cfg: StudyConfig, specs: list[RunSpec], log=print) -> list[
     Every finished run of ``specs`` that did not time itself (no ``speed`` in its record: its
     settings deferred it) and whose model is saved is timed with its own settings (its task's
     backends, rounds and threads, as the parameter file gives them), a task's runs together.
-    Runs already timed with those settings are skipped, so a study started again resumes here.
+    Runs already timed with those settings are skipped, so a study started again resumes here, and so
+    are runs re-timed by ``pda retime`` (whatever its settings: the user asked for those).
     """
     todo = []
     for spec in specs:
@@ -142,12 +146,17 @@ def time_after_study(cfg: StudyConfig, specs: list[RunSpec], log=print) -> list[
         if not (m.speed and m.timing == "after_study" and (run / RESULT_FILE).is_file() and (run / MODEL_DIR).is_dir()):
             continue
         record = read_record(run)
-        if record.speed is None:
-            todo.append((run, record, timing_settings(m)))
-    return _time_groups(cfg, todo, False, log) if todo else []
+        if record.speed is not None:
+            continue
+        if record.retimed is not None and record.retimed.get("source") == RETIME_COMMAND:
+            log(f"{run.name}: keeps its timing by `pda retime` ({record.retimed.get('when')})")
+            continue
+        todo.append((run, record, timing_settings(m)))
+    return _time_groups(cfg, todo, False, log, STUDY) if todo else []
 
 
-def _time_groups(cfg: StudyConfig, runs: list[tuple[Path, RunRecord, MeasureConfig]], force: bool, log) -> list[Path]:
+def _time_groups(cfg: StudyConfig, runs: list[tuple[Path, RunRecord, MeasureConfig]], force: bool, log,
+                 source: str) -> list[Path]:
     """Time ``runs`` (folder, record, settings) grouped by task and settings; skip those already timed so."""
     from pda.models import load_pretrained_for_task
     from pda.pipeline import configure_environment, onnx_cache_dir
@@ -167,7 +176,7 @@ def _time_groups(cfg: StudyConfig, runs: list[tuple[Path, RunRecord, MeasureConf
     for (task, _), (m, group) in groups.items():
         start = time.perf_counter()
         reference = checkpoint.deployable_model(load_pretrained_for_task(cfg.model, get_task(task)).to(device))
-        written = retime_group(group, reference, m, onnx_cache_dir(cfg), device)
+        written = retime_group(group, reference, m, onnx_cache_dir(cfg), device, source)
         log(f"{task}: {len(group)} run(s) timed in {time.perf_counter() - start:.0f} s")
         for run, out in written.items():
             b32 = {b: r["by_batch"].get(str(max(m.batch_sizes)), {}).get("speedup") for b, r in out["backends"].items()}

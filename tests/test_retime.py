@@ -159,6 +159,7 @@ def test_a_study_that_times_after_training_times_every_model_at_its_end_with_its
     assert {o.status for o in outcomes} == {"cached"}
     t, p = read_record(teacher).retimed, read_record(pruned).retimed
     assert t["settings"]["backends"] == ["eager_fp32", "ort_int8"] and t["settings"]["rounds"] == 1
+    assert t["source"] == p["source"] == "study"
     assert p["settings"]["backends"] == ["eager_fp32"] and p["settings"]["rounds"] == 2  # mrpc/P's override
     assert t["group"] == ["mrpc-FT-seed0"] and p["group"] == ["mrpc-P-sp60-seed0"]  # other settings: apart
     rows = records_frame([read_record(teacher), read_record(pruned)]).set_index("run_id")
@@ -172,6 +173,11 @@ def test_a_study_that_times_after_training_times_every_model_at_its_end_with_its
     params.write_text(yaml.safe_dump(more))
     assert {o.status for o in run_study(params, analysis=False)} == {"cached"}
     assert read_record(pruned).retimed["settings"]["rounds"] == 3 and read_record(teacher).retimed == t
+    retime_study(study, rounds=1, backend_names=["eager_fp32"], patterns=["mrpc-P-*"], log=lambda _: None)
+    asked = read_record(pruned).retimed
+    assert asked["source"] == "retime" and asked["settings"]["rounds"] == 1
+    assert {o.status for o in run_study(params, analysis=False)} == {"cached"}
+    assert read_record(pruned).retimed == asked  # the study never overwrites a timing the user asked for
 
 
 def test_a_failed_timing_after_the_study_is_a_named_failed_outcome(deferred, monkeypatch) -> None:
