@@ -168,6 +168,26 @@ def test_deployable_model_matches_the_training_form(kind: str) -> None:
     assert all(p.data_ptr() != q.data_ptr() for p in deployable.parameters() for q in model.parameters())
 
 
+@pytest.mark.parametrize("kind", ["A", "A-pfeiffer", "P+D+A"])
+@pytest.mark.parametrize("scaling", [1.0, 0.5])
+def test_the_fused_inference_adapter_equals_the_plain_one(kind: str, scaling: float) -> None:
+    from pda.modeling_pda_bert import Bottleneck
+
+    deployable = deployable_model(KINDS[kind][0]())
+    adapters = [m for m in deployable.modules() if isinstance(m, Bottleneck)]
+    assert adapters
+    for adapter in adapters:
+        adapter.scaling = scaling
+    for b in batches():
+        with torch.enable_grad():  # the plain path (training's op order)
+            plain = deployable(**b).logits.detach()
+        with torch.inference_mode():  # the fused one
+            fused = deployable(**b).logits
+        torch.testing.assert_close(fused, plain, atol=1e-6, rtol=0)
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 takes the plain path
+            assert torch.isfinite(deployable(**b).logits).all()
+
+
 def test_a_layer_without_both_blocks_is_one_constant_layer_everywhere(tmp_path: Path) -> None:
     from pda.pruning import ConstantLayer
 
