@@ -31,9 +31,13 @@ TINY = dict(max_train_samples=32, max_eval_samples=32, max_seq_length=48,
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, glue_dir):
     """A study folder with MRPC's teacher and its P 60 % student, trained without timing them."""
-    root = tmp_path_factory.mktemp("retime")
+    return _train_mrpc_p60(tmp_path_factory.mktemp("retime"), glue_dir, {})
+
+
+def _train_mrpc_p60(root: Path, glue_dir: Path, changes: dict) -> tuple[Path, config.StudyConfig]:
+    """Write smoke.yaml with TINY and `changes` under `root`, and train MRPC's teacher and P 60 %."""
     base = yaml.safe_load((ROOT / "parameters" / "smoke.yaml").read_text())
-    base.update({"data_dir": str(glue_dir), "output_dir": str(root / "outputs"), **TINY})
+    base.update({"data_dir": str(glue_dir), "output_dir": str(root / "outputs"), **TINY, **changes})
     params = root / "parameters" / "p.yaml"
     params.parent.mkdir()
     params.write_text(yaml.safe_dump(base))
@@ -130,19 +134,11 @@ def test_the_command_line_names_a_bad_value(finished, capsys) -> None:
 @pytest.fixture(scope="module")
 def deferred(tmp_path_factory, glue_dir):
     """MRPC's teacher and P 60 % trained by a study that times after training; P times one backend only."""
-    root = tmp_path_factory.mktemp("deferred")
-    base = yaml.safe_load((ROOT / "parameters" / "smoke.yaml").read_text())
-    base.update({"data_dir": str(glue_dir), "output_dir": str(root / "outputs"), **TINY, "tasks": ["mrpc"],
-                 "scenarios": ["FT", "P"], "sparsities": [0.6]})
-    base["measure"] = {**TINY["measure"], "speed": True, "timing": "after_study", "quantize": True,
-                       "backends": ["eager_fp32", "ort_int8"]}
-    base["overrides"] = {"mrpc/P": {"measure": {"backends": ["eager_fp32"], "rounds": 2}}}
-    params = root / "parameters" / "p.yaml"
-    params.parent.mkdir()
-    params.write_text(yaml.safe_dump(base))
-    study = config.load_params(params)
-    pipeline.run(config.for_run(study, "mrpc", "P", 0.6, 0), with_dependencies=True)
-    return params, study
+    measure = {**TINY["measure"], "speed": True, "timing": "after_study", "quantize": True,
+               "backends": ["eager_fp32", "ort_int8"]}
+    return _train_mrpc_p60(tmp_path_factory.mktemp("deferred"), glue_dir, {
+        "tasks": ["mrpc"], "scenarios": ["FT", "P"], "sparsities": [0.6], "measure": measure,
+        "overrides": {"mrpc/P": {"measure": {"backends": ["eager_fp32"], "rounds": 2}}}})
 
 
 def test_a_study_that_times_after_training_times_every_model_at_its_end_with_its_own_settings(deferred) -> None:
