@@ -74,7 +74,7 @@ def select_runs(directory: Path, patterns: list[str] | None) -> list[Path]:
 def retime_group(runs: dict[Path, RunRecord], reference: torch.nn.Module, m: MeasureConfig, cache_dir: Path,
                  device: torch.device, source: str = RETIME_COMMAND) -> dict[Path, dict[str, Any]]:
     """Time the saved models of ``runs`` (run folder -> its record; one task: one reference) together and
-    write each ``retime.json`` (``source``: who asked, see ``SOURCES``).
+    write each ``retime.json`` (``source``: who asked, ``RETIME_COMMAND`` or ``STUDY``).
 
     Every backend runs its own rounds over all the models, the reference and its skeletons, so the
     reference is timed once per round for the whole group instead of once per model.
