@@ -149,6 +149,12 @@ class Runner(Protocol):
     def __call__(self, batch: Mapping[str, Tensor]) -> Any: ...
 
 
+def warmup_calls(runner: Any, warmup: int) -> int:
+    """Untimed calls per batch size before ``runner``'s first timed one: ``warmup``, or more if the runtime
+    says (a ``min_warmup`` attribute) that it reaches its steady state later."""
+    return max(warmup, int(getattr(runner, "min_warmup", 0)))
+
+
 class _ModuleRunner:
     """An ``nn.Module`` called as ``module(**batch)``, optionally under autocast (e.g. bf16)."""
 
@@ -181,7 +187,8 @@ def benchmark_latency(
     ``autocast_dtype`` if given), on the same inputs: ``inputs[batch_size]`` if given
     (e.g. real dev batches), else synthetic unpadded ids of length ``seq_len``. A model
     may also be a ``Runner`` (another runtime), which sets its own threads. ``warmup``
-    untimed calls per model and batch size come first; then each of ``rounds`` rounds
+    untimed calls per model and batch size come first (more for a runner whose ``min_warmup`` says
+    it needs them, see ``warmup_calls``); then each of ``rounds`` rounds
     times one forward of every model for every batch size, rotating the model order
     each round so drift hits all equally.
 
@@ -223,7 +230,7 @@ def benchmark_latency(
         with torch.inference_mode():
             for bs in batch_sizes:
                 for name in names:
-                    for _ in range(warmup):
+                    for _ in range(warmup_calls(runners[name], warmup)):
                         run(name, bs)
             for r in range(rounds):
                 order = names[r % len(names):] + names[: r % len(names)]

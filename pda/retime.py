@@ -36,7 +36,7 @@ from pda.config import BACKENDS, ConfigError, MeasureConfig, StudyConfig, for_ru
 from pda.records import RESULT_FILE, RETIME_FILE, RunRecord, atomic_write_text, fingerprint_sha, read_record
 from pda.runs import MODEL_DIR, RunSpec, run_dir, runs_dir
 
-VERSION = 2  # 2: backend_rounds in the settings
+VERSION = 3  # 2: backend_rounds in the settings; 3: ONNX Runtime warmed twice per shape (export.OrtRunner)
 # Who made a retime.json: `pda retime` (the command) or `pda study` (measure.timing: after_study). A study
 # re-times its own timings when its settings change, never one the user asked for with the command.
 RETIME_COMMAND, STUDY = "retime", "study"

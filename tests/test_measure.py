@@ -179,6 +179,38 @@ def test_warmup_is_not_timed_and_rounds_are_respected():
         assert {(id(m), bs) for m, bs in rnd} == {(id(m), bs) for m in models.values() for bs in (1, 4)}
 
 
+class FakeSession:
+    """An ONNX Runtime session's interface whose first two calls per batch size cost 100x (memory planning)."""
+
+    def __init__(self, clock: FakeClock, cost: float) -> None:
+        self.clock, self.cost, self.calls = clock, cost, {}
+
+    def get_inputs(self):
+        return [type("Input", (), {"name": n})() for n in ("input_ids", "attention_mask", "token_type_ids")]
+
+    def run(self, outputs, feed):
+        bs = feed["input_ids"].shape[0]
+        self.calls[bs] = self.calls.get(bs, 0) + 1
+        self.clock.now += self.cost * (100 if self.calls[bs] <= 2 else 1)
+        return [feed["input_ids"]]
+
+
+def test_an_onnx_runtime_session_is_warm_before_it_is_timed():
+    """ONNX Runtime settles on its second call per shape: with ``warmup=1`` its runner still gets two untimed
+    calls per batch size, so no timed round holds a cold call; a torch module keeps ``warmup``."""
+    from pda.export import OrtRunner
+
+    clock, log = FakeClock(), []
+    session = FakeSession(clock, 0.5)
+    module = FakeModel(clock, 2.0, log)
+    res = benchmark_latency({"ort": OrtRunner(session, vocab_size=50), "torch": module}, batch_sizes=(1, 32),
+                            warmup=1, rounds=2, clock=clock)
+    assert session.calls == {1: 2 + 2, 32: 2 + 2}
+    assert module.forwards == 2 * (1 + 2)
+    for bs in (1, 32):
+        assert res["models"]["ort"][bs]["timings_ms"] == [500.0, 500.0]
+
+
 class BatchCostModel(FakeModel):
     """A forward costs ``fixed + per_example * batch``; the ``spike``-th forward at each batch size costs 100x."""
 
