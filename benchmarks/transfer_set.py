@@ -24,9 +24,6 @@ import shutil
 import time
 from pathlib import Path
 
-TRANSFER_IDX = 100_000  # rows of the k-th transfer task get idx k * TRANSFER_IDX + i: unique, stable per row
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("params", type=Path)
@@ -40,22 +37,23 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     import datasets
-    import torch
 
     from pda import config, pipeline
     from pda.data import load_split, locate_task, tokenize
+    from pda.precision import resolve_precision
     from pda.records import read_record
     from pda.tasks import get_task
-    from pda.train import make_loader, predict
+    from pda.train import pick_device
 
     teacher_record = read_record(args.teacher)
     if teacher_record.scenario != "FT":
         raise SystemExit(f"--teacher {args.teacher} is a {teacher_record.scenario} run; give an FT run folder")
     task_name, teacher_seed = teacher_record.task, teacher_record.seed
+    fields = len(get_task(task_name).text_fields)
     for name in args.transfer:
-        if len(get_task(name).text_fields) != len(get_task(task_name).text_fields):
+        if len(get_task(name).text_fields) != fields:
             raise SystemExit(f"--transfer {name}: its rows have {len(get_task(name).text_fields)} text field(s), "
-                             f"{task_name}'s {len(get_task(task_name).text_fields)}; give tasks of the same shape")
+                             f"{task_name}'s {fields}; give tasks of the same shape")
     runs = args.out.resolve() / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     if not (runs / args.teacher.name).exists():
@@ -72,18 +70,24 @@ def main() -> None:
         if cfg.scenario != "D" or not args.transfer:
             return data
         task = data.task
-        parts = []
-        for k, name in enumerate(args.transfer, start=1):
+        parts, first_idx = [], max(data.train["idx"]) + 1  # past every row of the task (and its swapped pairs)
+        for name in args.transfer:
             other = get_task(name)
             rows = load_split(other, "train", locate_task(other, cfg.study.data_dir, cfg.study.online))
             rows = rows.rename_columns(dict(zip(other.text_fields, task.text_fields))).select_columns(list(task.text_fields))
-            rows = rows.add_column("idx", [k * TRANSFER_IDX + i for i in range(len(rows))])
-            parts.append(rows.add_column("label", [0] * len(rows)))
+            rows = rows.add_column("idx", list(range(first_idx, first_idx + len(rows))))
+            parts.append(rows.add_column("label", [0] * len(rows)))  # replaced by the teacher's below
+            first_idx += len(rows)
         extra = tokenize(datasets.concatenate_datasets(parts), task, tokenizer, cfg.study.max_seq_length)
+        extra = extra.cast(data.train.features)
+        # The teacher's logits for every row, through the study's own cache file: the run's distillation
+        # loss then reads these rows from it instead of running the teacher over them a second time.
+        device = pick_device(cfg.study.device)
         teacher = pipeline.load_run_model(cfg, teacher_of(pipeline.run_spec(cfg))).eval()
-        device = torch.device("cpu")
-        logits, _ = predict(teacher, make_loader(extra, tokenizer, cfg.study.training.eval_batch_size, False, 0),
-                            device, pipeline.resolve_precision(cfg.study.precision, device))
+        with_extra = dataclasses.replace(data, train=datasets.concatenate_datasets([data.train, extra]))
+        cache = pipeline.shared_teacher_logits(cfg, teacher, with_extra, device,
+                                               resolve_precision(cfg.study.precision, device))
+        logits = cache.get(extra["idx"])
         labels = logits.argmax(-1).tolist() if not task.is_regression else logits.reshape(-1).tolist()
         extra = extra.remove_columns("label").add_column("label", labels).cast(data.train.features)
         print(f"transfer set: {len(extra)} rows from {', '.join(args.transfer)}", flush=True)
