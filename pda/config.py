@@ -106,6 +106,10 @@ class DistillConfig:
     layer_distill: bool = False
     layer_distill_weight: float = 1.0
     cache_teacher_logits: bool = True
+    # A transfer set (Hinton et al. 2015): other tasks' training inputs, their labels dropped, join the rows
+    # of a run that learns from the teacher, which labels them (pda.pipeline.label_transfer_rows). Each
+    # listed task gives at most ``max_train_samples`` rows; it needs the run's number of text fields.
+    transfer_tasks: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -345,6 +349,12 @@ def _check_settings(cfg: StudyConfig) -> None:
             raise ConfigError("distill.student_layers must keep at least one layer; use 'every_other' or a list")
         for layer in layers:
             _check_number("distill.student_layers[]", layer, 0, integer=True)
+    for name in _check_list("distill.transfer_tasks", d.transfer_tasks):
+        if str(name).lower().replace("-", "") not in TASKS:
+            raise ConfigError(f"distill.transfer_tasks lists unknown task {name!r}; valid tasks: {sorted(TASKS)}")
+    d.transfer_tasks = [get_task(name).name for name in d.transfer_tasks]
+    if len(set(d.transfer_tasks)) != len(d.transfer_tasks):
+        raise ConfigError(f"distill.transfer_tasks={d.transfer_tasks!r} lists a task twice; list each once")
     if m.speed:
         for bs in _check_list("measure.batch_sizes", m.batch_sizes) or [None]:
             _check_number("measure.batch_sizes[]", bs, 1, integer=True)
@@ -401,11 +411,15 @@ def _check_overrides(cfg: StudyConfig) -> None:
 
 
 def check_data(cfg: StudyConfig) -> DataReport:
-    """Every data file the study's runs read, checked once per process (``pda.validate``);
-    a task that comes from the hub cannot be checked offline and is listed as unchecked."""
-    sources = []
-    for task in cfg.tasks:
-        run = effective_settings(cfg, task)
+    """Every data file the study's runs read (transfer sets included), checked once per process
+    (``pda.validate``); a task that comes from the hub cannot be checked offline and is listed as unchecked."""
+    sources, seen = [], set()
+    wanted = [(task, effective_settings(cfg, task)) for task in cfg.tasks]
+    wanted += [(name, run.study) for run in grid_runs(cfg) for name in transfer_tasks_of(run)]
+    for task, run in wanted:
+        if task in seen:
+            continue
+        seen.add(task)
         try:
             source = locate_task(get_task(task), run.data_dir, run.online)
         except DataNotFoundError as err:
@@ -417,15 +431,40 @@ def check_data(cfg: StudyConfig) -> DataReport:
 def _check_swap_pairs(cfg: StudyConfig) -> None:
     """``training.swap_pairs`` only where the label does not depend on the sentences' order."""
     order_free = sorted(name for name, spec in TASKS.items() if spec.order_free)
+    for run in grid_runs(cfg):
+        if run.study.training.swap_pairs and not get_task(run.task).order_free:
+            raise ConfigError(f"training.swap_pairs is on for {run.task}/{run.scenario}, but {run.task}'s label "
+                              f"depends on which sentence comes first; set it only for {', '.join(order_free)} "
+                              f"(e.g. under overrides: mrpc/D:)")
+
+
+def grid_runs(cfg: StudyConfig):
+    """The config of every run of the grid's first seed (settings never differ by seed)."""
     for task in cfg.tasks:
-        if get_task(task).order_free:
-            continue
         for scenario in cfg.scenarios:
             for sparsity in cfg.sparsities if SCENARIOS[scenario]["prune"] else [None]:
-                if for_run(cfg, task, scenario, sparsity, 0).study.training.swap_pairs:
-                    raise ConfigError(f"training.swap_pairs is on for {task}/{scenario}, but {task}'s label depends "
-                                      f"on which sentence comes first; set it only for {', '.join(order_free)} "
-                                      f"(e.g. under overrides: mrpc/D:)")
+                yield for_run(cfg, task, scenario, sparsity, cfg.seeds[0])
+
+
+def transfer_tasks_of(run: RunConfig) -> list[str]:
+    """The tasks whose training inputs join this run's rows: only a run that learns from the teacher has any."""
+    return [get_task(name).name for name in run.study.distill.transfer_tasks] if run.uses_teacher_loss else []
+
+
+def _check_transfer_tasks(cfg: StudyConfig) -> None:
+    """A transfer task must differ from the run's task and give rows of its shape (one sentence or a pair)."""
+    for run in grid_runs(cfg):
+        task = get_task(run.task)
+        for name in transfer_tasks_of(run):
+            other = get_task(name)
+            if other.name == task.name:
+                raise ConfigError(f"distill.transfer_tasks of {run.task}/{run.scenario} lists {name}, the run's own "
+                                  "task; its rows are already the run's training set: list other tasks")
+            if len(other.text_fields) != len(task.text_fields):
+                same = sorted(n for n, t in TASKS.items() if len(t.text_fields) == len(task.text_fields) and n != task.name)
+                raise ConfigError(f"distill.transfer_tasks of {run.task}/{run.scenario} lists {name}, whose rows have "
+                                  f"{len(other.text_fields)} text field(s) where {run.task}'s have "
+                                  f"{len(task.text_fields)}; tasks of {run.task}'s shape: {', '.join(same)}")
 
 
 def validate(cfg: StudyConfig) -> StudyConfig:
@@ -438,6 +477,7 @@ def validate(cfg: StudyConfig) -> StudyConfig:
     _check_settings(cfg)
     _check_overrides(cfg)
     _check_swap_pairs(cfg)
+    _check_transfer_tasks(cfg)
     report = check_data(cfg)
     if report.problems:
         raise ConfigError("\n".join(report.problems))

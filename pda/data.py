@@ -143,6 +143,33 @@ def with_swapped_pairs(ds: datasets.Dataset, task: TaskSpec, offset: int) -> dat
     return datasets.concatenate_datasets([ds, swapped])
 
 
+def transfer_rows(task: TaskSpec, sources: list[tuple[TaskSpec, datasets.Dataset, int]], first_idx: int
+                  ) -> datasets.Dataset:
+    """Other tasks' training inputs as unlabelled rows of ``task``: a transfer set for its teacher to label.
+
+    ``sources`` holds, per other task, its rows (all or a subset) and its full training split's size.
+    Text fields are renamed to ``task``'s, in order; the label is a placeholder (-1, or NaN for a
+    regression task) that ``pda.pipeline.label_transfer_rows`` replaces with the teacher's. The k-th
+    task's rows take ``idx + first_idx + sizes of the tasks before it``: unique, past the task's own rows
+    (``first_idx``), and the same in every subset, so the per-row teacher-logit cache stays valid.
+    """
+    import datasets
+
+    parts, offset = [], first_idx
+    for other, rows, full_size in sources:
+        if len(other.text_fields) != len(task.text_fields):
+            raise ValueError(f"{other.name} rows have {len(other.text_fields)} text field(s), {task.name}'s "
+                             f"{len(task.text_fields)}: they cannot stand in for {task.name}'s inputs")
+        if len(rows) and max(rows["idx"]) >= full_size:
+            raise ValueError(f"{other.name}: full_size {full_size} must exceed every idx (largest {max(rows['idx'])})")
+        columns = {mine: rows[theirs] for theirs, mine in zip(other.text_fields, task.text_fields)}
+        columns["label"] = [float("nan") if task.is_regression else -1] * len(rows)
+        columns["idx"] = [i + offset for i in rows["idx"]]
+        parts.append(datasets.Dataset.from_dict(columns))
+        offset += full_size
+    return datasets.concatenate_datasets(parts)
+
+
 def tokenize(ds: datasets.Dataset, task: TaskSpec, tokenizer, max_length: int) -> datasets.Dataset:
     """Token ids without padding (batches are padded dynamically by the collator)."""
 

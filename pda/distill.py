@@ -141,6 +141,13 @@ def kd_loss(
     return alpha * soft + (1.0 - alpha) * hard
 
 
+def teacher_labels(teacher_logits: Tensor, regression: bool) -> list[int] | list[float]:
+    """The hard labels a teacher gives unlabelled rows: its predicted class, or its predicted value."""
+    if regression:
+        return teacher_logits.reshape(-1).float().tolist()
+    return teacher_logits.argmax(-1).tolist()
+
+
 class LayerDistiller(nn.Module):
     """CoFi-style layer distillation: MSE(W h_student[i], h_teacher[mapping[i]]) averaged over student layers.
 

@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pda.config import EMBEDDED_MODEL, RunConfig
+from pda.config import EMBEDDED_MODEL, RunConfig, transfer_tasks_of
 from pda.data import HUB_DATASET, locate_task
 from pda.runs import RunSpec, dependencies, recorded_fingerprint
 from pda.tasks import get_task
@@ -100,9 +100,17 @@ def data_files(cfg: RunConfig) -> dict[str, Any]:
     task = get_task(cfg.task)
     source = locate_task(task, cfg.study.data_dir, cfg.study.online)
     if source.is_hub:
-        return {"kind": "hub", "dataset": HUB_DATASET, "config": task.hub_name}
-    return {"kind": "local", "files": {split: file_sha256(source.folder / task.folder / f"{split}.tsv")
-                                       for split in ("train", *task.dev_splits)}}
+        found = {"kind": "hub", "dataset": HUB_DATASET, "config": task.hub_name}
+    else:
+        found = {"kind": "local", "files": {split: file_sha256(source.folder / task.folder / f"{split}.tsv")
+                                            for split in ("train", *task.dev_splits)}}
+    transfer = {}
+    for name in transfer_tasks_of(cfg):  # the transfer set's inputs: other tasks' training splits
+        other = get_task(name)
+        where = locate_task(other, cfg.study.data_dir, cfg.study.online)
+        transfer[name] = (f"hub {HUB_DATASET}/{other.hub_name}" if where.is_hub
+                          else file_sha256(where.folder / other.folder / "train.tsv"))
+    return {**found, "transfer": transfer} if transfer else found
 
 
 def run_settings(cfg: RunConfig) -> dict[str, Any]:
@@ -124,6 +132,10 @@ def run_settings(cfg: RunConfig) -> dict[str, Any]:
         out.pop("pruning")
     if not cfg.uses_teacher_loss:
         out.pop("distill")
+    elif transfer_tasks_of(cfg):
+        out["distill"]["transfer_tasks"] = transfer_tasks_of(cfg)  # as GLUE names them: "RTE" is "rte"
+    else:
+        out["distill"].pop("transfer_tasks")  # without one, a run's inputs are what they were before the setting existed
     if not (flags["adapters"] or cfg.scenario == "base"):
         out.pop("adapters")
     if cfg.scenario == "base":

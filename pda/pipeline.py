@@ -19,8 +19,8 @@ import torch
 import transformers
 
 from pda import backends, checkpoint, distill, fingerprint, measure, resume
-from pda.config import RunConfig
-from pda.data import load_split, locate_task, subsample, tokenize, with_swapped_pairs
+from pda.config import RunConfig, transfer_tasks_of
+from pda.data import load_split, locate_task, subsample, tokenize, transfer_rows, with_swapped_pairs
 from pda.export import evaluate_session
 from pda.metrics import predictions_from_logits, task_metrics
 from pda.precision import autocast, precision_info, resolve_precision
@@ -44,12 +44,17 @@ def configure_environment(online: bool) -> None:
 
 @dataclasses.dataclass
 class TaskData:
-    """Tokenised train split and one loader per dev split."""
+    """Tokenised train split and one loader per dev split.
+
+    ``transfer_from``: the first ``idx`` of the transfer set's rows in ``train`` (other tasks' inputs, whose
+    labels the teacher gives: ``label_transfer_rows``), None without one. Dev splits are the task's own.
+    """
 
     task: TaskSpec
     train: Any
     dev: dict[str, Any]
     tokenizer: Any
+    transfer_from: int | None = None
 
 
 def prepare_data(cfg: RunConfig, tokenizer) -> TaskData:
@@ -59,10 +64,32 @@ def prepare_data(cfg: RunConfig, tokenizer) -> TaskData:
     train = subsample(full_train, study.max_train_samples, study.data_seed)
     if study.training.swap_pairs:
         train = with_swapped_pairs(train, task, offset=len(full_train))
+    transfer_from = None
+    if transfer_tasks_of(cfg):
+        transfer_from = 2 * len(full_train)  # past the task's rows and their swapped copies, in every run
+        sources = []
+        for name in transfer_tasks_of(cfg):
+            other = get_task(name)
+            rows = load_split(other, "train", locate_task(other, study.data_dir, study.online))
+            sources.append((other, subsample(rows, study.max_train_samples, study.data_seed), len(rows)))
+        extra = transfer_rows(task, sources, transfer_from).cast(train.features)
+        train = datasets.concatenate_datasets([train, extra])
     dev = {s: subsample(load_split(task, s, source), study.max_eval_samples, study.data_seed)
            for s in task.dev_splits}
     tok = lambda ds: tokenize(ds, task, tokenizer, study.max_seq_length)  # noqa: E731
-    return TaskData(task, tok(train), {s: sort_by_length(tok(ds)) for s, ds in dev.items()}, tokenizer)
+    return TaskData(task, tok(train), {s: sort_by_length(tok(ds)) for s, ds in dev.items()}, tokenizer, transfer_from)
+
+
+def label_transfer_rows(data: TaskData, cache: distill.TeacherLogitCache) -> TaskData:
+    """``data`` with the transfer set's placeholder labels replaced by the teacher's: its predicted class
+    (or value, for regression), so the task loss has a target where the task's own label is missing."""
+    if data.transfer_from is None:
+        return data
+    idx = list(data.train["idx"])
+    teacher = distill.teacher_labels(cache.get(idx), data.task.is_regression)
+    labels = [t if i >= data.transfer_from else own for i, t, own in zip(idx, teacher, data.train["label"])]
+    train = data.train.remove_columns("label").add_column("label", labels).cast(data.train.features)
+    return dataclasses.replace(data, train=train)
 
 
 def sort_by_length(ds):
@@ -155,12 +182,22 @@ def shared_teacher_logits(cfg: RunConfig, teacher: torch.nn.Module, data: TaskDa
     runs once, by whichever student comes first, instead of once per student. Rows are filled in
     length-sorted batches in a fixed order, so the file does not depend on which student made it; rows a
     student has beyond the teacher's are added in a second pass. The file sits in the teacher's folder:
-    a teacher made again (stale) takes its logits aside with it.
+    a teacher made again (stale) takes its logits aside with it. A student with a transfer set keeps its
+    logits in a file of that set's own (its rows' idx depend on the tasks listed), begun from the plain one.
     """
     spec = teacher_of(run_spec(cfg))
-    path = run_dir(cfg.study, spec.run_id) / TEACHER_LOGITS_DIR / f"{precision}-len{cfg.study.max_seq_length}.safetensors"
+    folder = run_dir(cfg.study, spec.run_id) / TEACHER_LOGITS_DIR
+    plain = folder / f"{precision}-len{cfg.study.max_seq_length}.safetensors"
     meta = {"teacher_run": spec.run_id, "precision": precision, "max_seq_length": str(cfg.study.max_seq_length)}
-    cache = distill.TeacherLogitCache.load(path, meta) if path.exists() else None
+    path, cache = plain, None
+    transfer = transfer_tasks_of(cfg)
+    if transfer:
+        path = plain.with_name(f"{plain.stem}-transfer-{'-'.join(transfer)}.safetensors")
+        if not path.exists() and plain.exists():
+            cache = distill.TeacherLogitCache.load(plain, meta)  # the teacher's own rows, already computed
+        meta = {**meta, "transfer_tasks": ",".join(transfer)}
+    if path.exists():
+        cache = distill.TeacherLogitCache.load(path, meta)
     rows = list(data.train["idx"])
     if cache is not None and not cache.missing(rows):
         return cache
@@ -273,6 +310,8 @@ def run(cfg: RunConfig, with_dependencies: bool = False) -> RunRecord:
     t = study.training
     model, teacher, lr = build_model(cfg, data)
     model.to(device)  # before anything attaches to it (gates, distiller) or evaluates it, even with 0 steps
+    if data.transfer_from is not None:  # the transfer set's labels: the teacher's, through the shared logit file
+        data = label_transfer_rows(data, shared_teacher_logits(cfg, teacher.to(device).eval(), data, device, precision))
     loss_fn, extensions = (distill_loss(model, teacher, data, cfg, device, precision) if teacher is not None
                            else (task_loss(data.task.is_regression), ()))
     loader = make_loader(data.train, tokenizer, t.batch_size, True, cfg.seed, t.group_by_length)
@@ -316,6 +355,10 @@ def run(cfg: RunConfig, with_dependencies: bool = False) -> RunRecord:
         notes=checkpoints.notes(), **sizes, **record_extra,
     )
     record.notes.extend(notes)
+    if data.transfer_from is not None:
+        extra = sum(1 for i in data.train["idx"] if i >= data.transfer_from)
+        record.notes.append(f"transfer set: {extra} of {len(data.train)} training rows are "
+                            f"{', '.join(transfer_tasks_of(cfg))} inputs labelled by the teacher")
     write_record(record, out)
     checkpoints.remove()  # the record has landed: nothing left to resume
     return record

@@ -5,7 +5,8 @@ The estimate is deliberately simple so a reader can redo it by hand:
 - steps of one run = ceil(train rows / batch size) batches per epoch x epochs, rounded up as the
   training loop does; a pruned run adds ``pruning.epochs`` and ``pruning.finetune_epochs``
   instead of ``training.epochs``. Train rows are the official GLUE counts, capped by
-  ``max_train_samples``; per-task overrides apply.
+  ``max_train_samples``, plus those of a transfer set's tasks (``distill.transfer_tasks``, each
+  capped the same way); per-task overrides apply.
 - forward passes outside those steps (evaluation every ``eval_every_steps``, the teacher's
   logits for distillation) count as train-step equivalents: a forward pass costs about a
   third of a training step (forward + backward), per example.
@@ -30,7 +31,7 @@ from pathlib import Path
 
 from pda.config import (
     EMBEDDED_MODEL, SCENARIOS, ConfigError, StudyConfig, check_data, effective_settings, for_run, load_params,
-    share_cores,
+    share_cores, transfer_tasks_of,
 )
 from pda.records import read_record
 from pda.runs import RunSpec, dependencies, expand_grid, runs_dir
@@ -97,11 +98,13 @@ def estimate_run(cfg: StudyConfig, spec: RunSpec) -> RunEstimate:
     run = for_run(cfg, spec.task, spec.scenario, spec.sparsity, spec.seed)
     study, task, flags = run.study, get_task(spec.task), SCENARIOS[spec.scenario]
     t = study.training
-    rows = train_rows(task, study.max_train_samples) * (2 if t.swap_pairs else 1)
+    transfer = sum(train_rows(get_task(name), study.max_train_samples) for name in transfer_tasks_of(run))
+    rows = train_rows(task, study.max_train_samples) * (2 if t.swap_pairs else 1) + transfer
     batches = math.ceil(rows / t.batch_size)
     phases = ([study.pruning.epochs, study.pruning.finetune_epochs] if flags["prune"] else [t.epochs])
     steps = [fit_steps(batches, e) for e in phases]
     forward_rows = sum(evals_during(s, t.eval_every_steps) for s in steps) * dev_rows(task, study.max_eval_samples)
+    forward_rows += transfer  # the teacher labels its transfer set, in this run (pipeline.label_transfer_rows)
     students = (for_run(cfg, spec.task, s, sp, spec.seed)
                 for s in cfg.scenarios for sp in (cfg.sparsities if SCENARIOS[s]["prune"] else [None]))
     if spec.scenario == "FT" and study.distill.cache_teacher_logits and any(r.uses_teacher_loss for r in students):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pda import checkpoint, config, pipeline
+from pda import checkpoint, config, fingerprint, pipeline
 from pda.pruning import encoder_weight_count, structure_full_weights
 from pda.runs import run_dir
 
@@ -207,3 +207,38 @@ def test_a_student_on_swapped_pairs_trains_on_both_orders_against_the_teachers_l
     torch.testing.assert_close(cache.get(batch["idx"]), swapped_logits, rtol=1e-4, atol=1e-4)
     original = next(iter(pipeline.make_loader(data.train.select(range(32)), data.tokenizer, 32, False, 0)))
     assert not torch.allclose(pipeline.distill.teacher_logits(teacher, original), swapped_logits, atol=1e-3)
+
+
+def test_a_transfer_set_joins_only_the_students_training_rows_labelled_by_its_teacher(make_params):
+    """D learns from MRPC's rows plus STS-B's and RTE's inputs, labelled with the teacher's predicted class;
+    the dev set, the teacher's own rows and the runs without the setting stay as they were."""
+    transfer = {"distill": {"transfer_tasks": ["stsb", "rte"]}}
+    study = config.load_params(make_params(**TINY, overrides={"mrpc/D": transfer}))
+    cfg = config.for_run(study, "mrpc", "D", None, 0)
+    rec = pipeline.run(cfg, with_dependencies=True)
+    assert rec.train_steps == 6  # 32 MRPC + 32 STS-B + 32 RTE rows, batch 16, one epoch
+    assert any("transfer set: 64 of 96 training rows are stsb, rte inputs" in n for n in rec.notes)
+    tokenizer = pipeline.load_tokenizer(study.model)
+    data = pipeline.prepare_data(cfg, tokenizer)
+    plain = pipeline.prepare_data(config.for_run(study, "mrpc", "FT", None, 0), tokenizer)
+    ids = data.train["idx"]
+    assert data.transfer_from == 2 * 3668  # past MRPC's rows and their swapped copies
+    assert ids[:32] == plain.train["idx"][:32] and all(i >= data.transfer_from for i in ids[32:])
+    assert 3668 * 2 + 5749 <= min(ids[64:]) < 3668 * 2 + 5749 + 2490  # RTE's rows after all of STS-B's
+    for split, ds in data.dev.items():  # the dev set is MRPC's own, row for row
+        assert ds["idx"] == plain.dev[split]["idx"] and ds["input_ids"] == plain.dev[split]["input_ids"]
+    assert data.train["label"][32:] == [-1] * 64  # placeholders until the teacher labels them
+    teacher = checkpoint.load_model(run_dir(study, "mrpc-FT-seed0") / "model")
+    cache = pipeline.shared_teacher_logits(cfg, teacher, data, torch.device("cpu"), "fp32")
+    labelled = pipeline.label_transfer_rows(data, cache)
+    assert labelled.train["label"][:32] == data.train["label"][:32]  # MRPC's own labels untouched
+    batch = next(iter(pipeline.make_loader(data.train.select(range(32, 96)), tokenizer, 64, False, 0)))
+    assert labelled.train["label"][32:] == pipeline.distill.teacher_logits(teacher, batch).argmax(-1).tolist()
+    folder = run_dir(study, "mrpc-FT-seed0") / pipeline.TEACHER_LOGITS_DIR
+    assert sorted(p.name for p in folder.iterdir()) == ["fp32-len48-transfer-stsb-rte.safetensors"]
+    # the same student without a transfer set: the teacher's plain file, and a fingerprint of its own
+    other = config.for_run(config.load_params(make_params(**TINY)), "mrpc", "D", None, 0)
+    assert pipeline.prepare_data(other, tokenizer).transfer_from is None
+    assert "transfer_tasks" not in fingerprint.run_inputs(other)["settings"]["distill"]
+    assert fingerprint.fingerprint(other) != rec.fingerprint["sha256"]
+    assert set(rec.fingerprint["inputs"]["data"]["transfer"]) == {"stsb", "rte"}

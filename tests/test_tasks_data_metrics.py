@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 import hashlib
+import math
 import re
 
 from pda.data import DataNotFoundError, DataSource, load_split, locate_task, read_tsv
@@ -149,3 +150,22 @@ def test_swapped_pairs_add_each_pair_the_other_way_round_under_ids_no_other_row_
         with_swapped_pairs(rows, get_task("rte"), offset=10)
     with pytest.raises(ValueError, match="offset 5 must exceed every idx"):
         with_swapped_pairs(rows, get_task("mrpc"), offset=5)
+
+
+def test_transfer_rows_take_the_tasks_fields_a_placeholder_label_and_ids_past_every_earlier_block():
+    import datasets
+
+    from pda.data import transfer_rows
+
+    rte = datasets.Dataset.from_dict({"sentence1": ["p", "q"], "sentence2": ["h", "i"], "label": [0, 1], "idx": [0, 4]})
+    qnli = datasets.Dataset.from_dict({"question": ["w?"], "sentence": ["s"], "label": [1], "idx": [2]})
+    rows = transfer_rows(get_task("mrpc"), [(get_task("rte"), rte, 10), (get_task("qnli"), qnli, 3)], first_idx=100)
+    assert rows.column_names == ["sentence1", "sentence2", "label", "idx"]
+    assert rows["sentence1"] == ["p", "q", "w?"] and rows["sentence2"] == ["h", "i", "s"]
+    assert rows["label"] == [-1, -1, -1] and rows["idx"] == [100, 104, 112]  # QNLI's block starts past RTE's 10
+    as_stsb = transfer_rows(get_task("stsb"), [(get_task("rte"), rte, 10)], first_idx=0)
+    assert all(math.isnan(x) for x in as_stsb["label"])  # regression: no label is NaN, never a plausible score
+    with pytest.raises(ValueError, match="cola rows have 1 text field"):
+        transfer_rows(get_task("mrpc"), [(get_task("cola"), rte, 10)], first_idx=0)
+    with pytest.raises(ValueError, match="full_size 3 must exceed every idx"):
+        transfer_rows(get_task("mrpc"), [(get_task("rte"), rte, 3)], first_idx=0)

@@ -286,3 +286,37 @@ def test_swapping_the_sentences_of_an_order_dependent_task_names_the_run_and_the
     cfg = load_params(make_params(**both, overrides={"mrpc/D": {"training": {"swap_pairs": True}}}))
     assert config.for_run(cfg, "mrpc", "D", None, 0).study.training.swap_pairs
     assert not config.for_run(cfg, "mrpc", "FT", None, 0).study.training.swap_pairs
+
+
+@pytest.mark.parametrize("transfer, message", [
+    (["stsbb"], r"distill.transfer_tasks lists unknown task 'stsbb'; valid tasks: \['cola', "),
+    (["mrpc"], r"distill.transfer_tasks of mrpc/D lists mrpc, the run's own task"),
+    (["cola"], r"distill.transfer_tasks of mrpc/D lists cola, whose rows have 1 text field\(s\) where mrpc's have 2; "
+               r"tasks of mrpc's shape: mnli, qnli, qqp, rte, stsb"),
+    (["rte", "rte"], r"distill.transfer_tasks=\['rte', 'rte'\] lists a task twice"),
+    ("rte", r"distill.transfer_tasks must be a list"),
+])
+def test_a_transfer_set_must_name_other_tasks_of_the_runs_shape(make_params, transfer, message):
+    with pytest.raises(ConfigError, match=message):
+        load_params(make_params(tasks=["mrpc"], scenarios=["FT", "D"],
+                                overrides={"mrpc/D": {"distill": {"transfer_tasks": transfer}}}))
+
+
+def test_a_transfer_set_is_read_only_by_runs_that_learn_from_the_teacher(make_params):
+    cfg = load_params(make_params(tasks=["mrpc"], scenarios=["FT", "A", "D"],
+                                  overrides={"mrpc": {"distill": {"transfer_tasks": ["RTE"]}}}))
+    assert config.transfer_tasks_of(config.for_run(cfg, "mrpc", "D", None, 0)) == ["rte"]  # names as GLUE spells them
+    assert config.transfer_tasks_of(config.for_run(cfg, "mrpc", "FT", None, 0)) == []
+    assert config.transfer_tasks_of(config.for_run(cfg, "mrpc", "A", None, 0)) == []
+
+
+def test_a_transfer_task_without_data_is_named_before_any_run(make_params, tmp_path, glue_dir, monkeypatch):
+    import shutil
+
+    only_mrpc = tmp_path / "glue"
+    shutil.copytree(glue_dir / "MRPC", only_mrpc / "MRPC")
+    monkeypatch.delenv("PDA_GLUE_DIR", raising=False)
+    monkeypatch.setattr("pda.data.REPO_GLUE_DIR", tmp_path / "nothing")
+    with pytest.raises(ConfigError, match=r"rte: no RTE/train.tsv in"):
+        load_params(make_params(tasks=["mrpc"], scenarios=["FT", "D"], data_dir=str(only_mrpc),
+                                overrides={"mrpc/D": {"distill": {"transfer_tasks": ["rte"]}}}))
