@@ -354,9 +354,10 @@ def steps_section(cfg: StudyConfig, estimates: list[RunEstimate]) -> list[str]:
     rows = []
     for t in cfg.tasks:
         study = effective_settings(cfg, t)  # the task's settings; a scenario's own budget shows in its cell
-        e = next(e for e in estimates if e.spec.task == t and e.spec.scenario not in ("FT",))
+        task_rows = train_rows(get_task(t), study.max_train_samples) * (2 if study.training.swap_pairs else 1)
+        batch = study.training.batch_size
         epochs = f"{study.training.epochs:g} / {study.pruning.epochs:g}+{study.pruning.finetune_epochs:g}"
-        rows.append([t, e.train_rows, e.batch_size, e.batches_per_epoch, epochs,
+        rows.append([t, task_rows, batch, math.ceil(task_rows / batch), epochs,
                      *(cell(first.get((t, s))) for s in scenarios)])
     total_steps = sum(e.train_steps for e in estimates)
     total_fwd = sum(e.forward_equivalents for e in estimates)
