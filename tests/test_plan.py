@@ -77,6 +77,8 @@ def test_step_estimates_match_hand_computation(glue_dir):
         d = estimate_run(cfg, RunSpec("mrpc", "D", None, 0))
         assert (d.train_rows, d.train_steps) == (11907, math.ceil(11907 / 32) * 4)
         assert d.forward_equivalents == pytest.approx((5749 + 2490) * FORWARD_COST / 32)  # the teacher labels them
+        stsb_d = estimate_run(cfg, RunSpec("stsb", "D", None, 0))  # STS-B's D: MRPC's and RTE's pairs join its own
+        assert stsb_d.train_rows == 5749 + 3668 + 2490
         d_a = estimate_run(cfg, RunSpec("mrpc", "D+A", None, 0))  # the same set, each task capped at D+A's 4,000 rows
         assert (d_a.train_rows, d_a.train_steps) == (3668 + 4000 + 2490, math.ceil(10158 / 32) * 2)
         assert estimate_run(cfg, RunSpec("mrpc", "P", 0.6, 0)).train_steps == math.ceil(1600 / 32) * (1 + 2)
