@@ -349,10 +349,10 @@ def _check_settings(cfg: StudyConfig) -> None:
             raise ConfigError("distill.student_layers must keep at least one layer; use 'every_other' or a list")
         for layer in layers:
             _check_number("distill.student_layers[]", layer, 0, integer=True)
-    for name in _check_list("distill.transfer_tasks", d.transfer_tasks):
-        if str(name).lower().replace("-", "") not in TASKS:
-            raise ConfigError(f"distill.transfer_tasks lists unknown task {name!r}; valid tasks: {sorted(TASKS)}")
-    d.transfer_tasks = [get_task(name).name for name in d.transfer_tasks]
+    try:
+        d.transfer_tasks = [get_task(name).name for name in _check_list("distill.transfer_tasks", d.transfer_tasks)]
+    except ValueError as err:  # get_task's message names the task and lists the valid ones
+        raise ConfigError(f"distill.transfer_tasks lists an {err}") from None
     if len(set(d.transfer_tasks)) != len(d.transfer_tasks):
         raise ConfigError(f"distill.transfer_tasks={d.transfer_tasks!r} lists a task twice; list each once")
     if m.speed:

@@ -79,6 +79,11 @@ def train_rows(task: TaskSpec, max_train_samples: int | None) -> int:
     return min(rows, max_train_samples) if max_train_samples else rows
 
 
+def own_rows(task: TaskSpec, study: StudyConfig) -> int:
+    """The task's own training rows a run reads: capped, and doubled when each pair also comes swapped."""
+    return train_rows(task, study.max_train_samples) * (2 if study.training.swap_pairs else 1)
+
+
 def dev_rows(task: TaskSpec, max_eval_samples: int | None) -> int:
     rows = dict(task.official_rows)
     return sum(min(rows[s], max_eval_samples) if max_eval_samples else rows[s] for s in task.dev_splits)
@@ -99,7 +104,7 @@ def estimate_run(cfg: StudyConfig, spec: RunSpec) -> RunEstimate:
     study, task, flags = run.study, get_task(spec.task), SCENARIOS[spec.scenario]
     t = study.training
     transfer = sum(train_rows(get_task(name), study.max_train_samples) for name in transfer_tasks_of(run))
-    rows = train_rows(task, study.max_train_samples) * (2 if t.swap_pairs else 1) + transfer
+    rows = own_rows(task, study) + transfer
     batches = math.ceil(rows / t.batch_size)
     phases = ([study.pruning.epochs, study.pruning.finetune_epochs] if flags["prune"] else [t.epochs])
     steps = [fit_steps(batches, e) for e in phases]
@@ -354,7 +359,7 @@ def steps_section(cfg: StudyConfig, estimates: list[RunEstimate]) -> list[str]:
     rows = []
     for t in cfg.tasks:
         study = effective_settings(cfg, t)  # the task's settings; a scenario's own budget shows in its cell
-        task_rows = train_rows(get_task(t), study.max_train_samples) * (2 if study.training.swap_pairs else 1)
+        task_rows = own_rows(get_task(t), study)
         batch = study.training.batch_size
         epochs = f"{study.training.epochs:g} / {study.pruning.epochs:g}+{study.pruning.finetune_epochs:g}"
         rows.append([t, task_rows, batch, math.ceil(task_rows / batch), epochs,

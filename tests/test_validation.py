@@ -289,7 +289,7 @@ def test_swapping_the_sentences_of_an_order_dependent_task_names_the_run_and_the
 
 
 @pytest.mark.parametrize("transfer, message", [
-    (["stsbb"], r"distill.transfer_tasks lists unknown task 'stsbb'; valid tasks: \['cola', "),
+    (["stsbb"], r"distill.transfer_tasks lists an unknown GLUE task 'stsbb'; valid tasks: \['cola', "),
     (["mrpc"], r"distill.transfer_tasks of mrpc/D lists mrpc, the run's own task"),
     (["cola"], r"distill.transfer_tasks of mrpc/D lists cola, whose rows have 1 text field\(s\) where mrpc's have 2; "
                r"tasks of mrpc's shape: mnli, qnli, qqp, rte, stsb"),
