@@ -260,6 +260,30 @@ def bench_view(bench: Mapping[str, Any], name: str) -> dict[str, Any]:
                                 **{k: v for k, v in bench["models"].items() if k in keep}}}
 
 
+# Config keys that name or label a model without changing what its forward computes.
+_NAMING_KEYS = frozenset({"_name_or_path", "architectures", "id2label", "label2id", "finetuning_task",
+                          "problem_type", "transformers_version", "torch_dtype", "dtype"})
+
+
+def same_computation(model: torch.nn.Module, reference: torch.nn.Module) -> bool:
+    """Whether ``model`` computes exactly what ``reference`` does, whatever its weights: the same class,
+    the same parameters and buffers (name, shape, dtype) and the same config but for names and labels.
+
+    Such a model (the FT teacher, the head-only probe) has the reference's latency on every backend, so
+    timing it beside the reference only measures the reference twice.
+    """
+    if type(model) is not type(reference):
+        return False
+
+    def tensors(m: torch.nn.Module) -> dict[str, tuple]:
+        return {k: (tuple(v.shape), v.dtype) for k, v in m.state_dict().items()}
+
+    def settings(m: torch.nn.Module) -> dict[str, Any]:
+        return {k: v for k, v in m.config.to_dict().items() if k not in _NAMING_KEYS}
+
+    return tensors(model) == tensors(reference) and settings(model) == settings(reference)
+
+
 def speed_record(bench: Mapping[str, Any], model: str, reference: str) -> dict[str, Any]:
     """The run record's view of a benchmark: medians, spread and speed-up per batch size."""
     ratios = measure.speedup(bench, model, reference)

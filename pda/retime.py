@@ -8,7 +8,9 @@ in-run speed-ups of the smallest models are biased low, by more than their noise
 each saved model again, every backend, against the reference on the same backend in the same
 process, and writes ``runs/<id>/retime.json`` next to the record; the analysis uses it in place of
 the in-run ``speed`` and ``backends`` and says so (``speed_source``). A task's models are timed
-together, so the reference is timed once per round for all of them, not once per model.
+together, so the reference is timed once per round for all of them, not once per model; a model that
+computes exactly what the reference does (the FT teacher, the head-only probe: other weights, the same
+shapes and config) gets the reference's timing instead of a second timing of the same computation.
 
 Resumable: a run whose ``retime.json`` was made with the same settings and the same model (the
 record's fingerprint) is skipped, so an interrupted pass continues with the task it was timing.
@@ -40,6 +42,9 @@ VERSION = 3  # 2: backend_rounds in the settings; 3: ONNX Runtime warmed twice p
 # Who made a retime.json: `pda retime` (the command) or `pda study` (measure.timing: after_study). A study
 # re-times its own timings when its settings change, never one the user asked for with the command.
 RETIME_COMMAND, STUDY = "retime", "study"
+TIMED_AS_REFERENCE = ("timed as the reference: this model computes exactly what the uncompressed reference does "
+                      "(the same parameter shapes and config, other weights), so its latency on every backend is "
+                      "the reference's, measured in the same rounds, and its speed-up is 1 by construction")
 
 
 def retime_settings(measure: MeasureConfig, rounds: int, threads: int, backend_names: list[str] | None) -> MeasureConfig:
@@ -77,33 +82,38 @@ def retime_group(runs: dict[Path, RunRecord], reference: torch.nn.Module, m: Mea
     write each ``retime.json`` (``source``: who asked, ``RETIME_COMMAND`` or ``STUDY``).
 
     Every backend runs its own rounds over all the models, the reference and its skeletons, so the
-    reference is timed once per round for the whole group instead of once per model.
+    reference is timed once per round for the whole group instead of once per model. A model with the
+    reference's computation (``backends.same_computation``) is not timed again: it gets the reference's view.
     """
     notes: list[str] = []
     wanted = backends.timed_backends(m, device, notes)
     models = {run.name: checkpoint.deployable_model(checkpoint.load_model(run / MODEL_DIR).to(device)) for run in runs}
+    as_reference = {name for name, model in models.items() if backends.same_computation(model, reference)}
+    timed = {name: model for name, model in models.items() if name not in as_reference}
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     spent: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as work:
         onnx = {}
         if any(b in backends.ORT_BACKENDS for b in wanted):
-            for name, model in models.items():
+            for name, model in timed.items():
                 (Path(work) / name).mkdir()
                 onnx[name] = backends.model_onnx(model, m, Path(work) / name, spent)
-        ref_sessions = backends.reference_sessions(reference, m, wanted, cache_dir, notes) if onnx else {}
+        ref_sessions = backends.reference_sessions(reference, m, wanted, cache_dir, notes)
         sessions = {b: {**ref_sessions[b], "models": {n: o["sessions"][b] for n, o in onnx.items()}}
                     for b in wanted if b in backends.ORT_BACKENDS}
         start = time.perf_counter()
-        benches = backends.benchmarks(models, reference, m, wanted, sessions)
+        benches = backends.benchmarks(timed, reference, m, wanted, sessions)
         spent["benchmark_s"] = time.perf_counter() - start
     written = {}
     for run in runs:
-        out = backends.deployment_records({b: backends.bench_view(bench, run.name) for b, bench in benches.items()},
-                                          onnx[run.name]["max_diff"] if onnx else None)
+        own = "teacher" if run.name in as_reference else run.name
+        out = backends.deployment_records({b: backends.bench_view(bench, own) for b, bench in benches.items()},
+                                          onnx[run.name]["max_diff"] if run.name in onnx else None)
         out = {"fingerprint": fingerprint_sha(runs[run]), "settings": settings_key(m), "source": source,
                "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "load_average_before": load, "cpu_count": os.cpu_count(), "group": [r.name for r in runs],
-               "speed": out["speed"], "backends": out["backends"], "notes": notes,
+               "speed": out["speed"], "backends": out["backends"],
+               "notes": notes + ([TIMED_AS_REFERENCE] if run.name in as_reference else []),
                "group_time_s": {k: round(v, 3) for k, v in spent.items()}}
         atomic_write_text(run / RETIME_FILE, json.dumps(out, indent=1, sort_keys=True) + "\n")
         written[run] = out

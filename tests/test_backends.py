@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model_kinds import pruned, student, tiny
+from model_kinds import pruned, student, tiny, with_adapters
 from pda import backends, export
 from pda.checkpoint import deployable_model
 from pda.config import BACKENDS, ConfigError, MeasureConfig, load_params
@@ -32,6 +32,21 @@ def test_skeletons_are_the_reference_without_layers_and_with_one_minimal_layer()
     assert floor.bert.embeddings.word_embeddings.weight.shape == reference.bert.embeddings.word_embeddings.weight.shape
     batch = export.example_inputs(2, 7, 100)
     assert floor(**batch).logits.shape == reference(**batch).logits.shape
+
+
+def test_only_a_model_computing_exactly_what_the_reference_does_shares_its_timing() -> None:
+    reference = deployable_model(tiny(seed=0))
+    assert backends.same_computation(deployable_model(tiny(seed=1)), reference)  # other weights: the same work
+    assert not backends.same_computation(deployable_model(student(tiny(seed=1))), reference)  # fewer layers
+    assert not backends.same_computation(deployable_model(pruned(tiny(seed=1))), reference)  # smaller blocks
+    assert not backends.same_computation(deployable_model(tiny(seed=1, num_labels=2)), reference)  # another head
+    assert not backends.same_computation(deployable_model(with_adapters(tiny(seed=1))), reference)  # + adapters
+    other_activation = deployable_model(tiny(seed=1))
+    other_activation.config.hidden_act = "relu"  # same shapes, another computation
+    assert not backends.same_computation(other_activation, reference)
+    relabelled = deployable_model(tiny(seed=1))
+    relabelled.config.id2label = {0: "no", 1: "maybe", 2: "yes"}  # names only
+    assert backends.same_computation(relabelled, reference)
 
 
 def test_reference_onnx_is_exported_once_per_architecture_and_settings(tmp_path: Path) -> None:
