@@ -260,14 +260,9 @@ def bench_view(bench: Mapping[str, Any], name: str) -> dict[str, Any]:
                                 **{k: v for k, v in bench["models"].items() if k in keep}}}
 
 
-# Config keys that name or label a model without changing what its forward computes.
-_NAMING_KEYS = frozenset({"_name_or_path", "architectures", "id2label", "label2id", "finetuning_task",
-                          "problem_type", "transformers_version", "torch_dtype", "dtype"})
-
-
 def same_computation(model: torch.nn.Module, reference: torch.nn.Module) -> bool:
     """Whether ``model`` computes exactly what ``reference`` does, whatever its weights: the same class,
-    the same parameters and buffers (name, shape, dtype) and the same config but for names and labels.
+    the same parameters and buffers (name, shape, dtype) and the same ``architecture``.
 
     Such a model (the FT teacher, the head-only probe) has the reference's latency on every backend, so
     timing it beside the reference only measures the reference twice.
@@ -278,10 +273,7 @@ def same_computation(model: torch.nn.Module, reference: torch.nn.Module) -> bool
     def tensors(m: torch.nn.Module) -> dict[str, tuple]:
         return {k: (tuple(v.shape), v.dtype) for k, v in m.state_dict().items()}
 
-    def settings(m: torch.nn.Module) -> dict[str, Any]:
-        return {k: v for k, v in m.config.to_dict().items() if k not in _NAMING_KEYS}
-
-    return tensors(model) == tensors(reference) and settings(model) == settings(reference)
+    return tensors(model) == tensors(reference) and architecture(model.config) == architecture(reference.config)
 
 
 def speed_record(bench: Mapping[str, Any], model: str, reference: str) -> dict[str, Any]:
@@ -353,13 +345,17 @@ def _runtime(backend: str) -> str:
     return f"torch {torch.__version__}"
 
 
+def architecture(config: Any) -> dict[str, Any]:
+    """A model config without what only names or labels it (paths, versions, label names): what its forward computes."""
+    return {k: v for k, v in config.to_dict().items() if not k.startswith("_") and k not in (
+        "transformers_version", "id2label", "label2id", "architectures", "auto_map")} | {"num_labels": config.num_labels}
+
+
 def _cache_facts(config: Any, m: MeasureConfig) -> dict[str, Any]:
     import onnxruntime
 
-    arch = {k: v for k, v in config.to_dict().items() if not k.startswith("_") and k not in (
-        "transformers_version", "id2label", "label2id", "architectures", "auto_map")} | {"num_labels": config.num_labels}
     source = Path(export.__file__).with_name("modeling_pda_bert.py").read_bytes()
-    return {"version": CACHE_VERSION, "architecture": arch, "opset": export.OPSET,
+    return {"version": CACHE_VERSION, "architecture": architecture(config), "opset": export.OPSET,
             "quantize": {"per_channel": m.quantize_per_channel, "ops": list(m.quantize_ops)},
             "modeling_sha256": hashlib.sha256(source).hexdigest(), "torch": torch.__version__,
             "onnxruntime": onnxruntime.__version__}
