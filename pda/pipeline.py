@@ -128,12 +128,14 @@ class TrainableModule:
 
 
 def distill_loss(model: torch.nn.Module, teacher: torch.nn.Module, data: TaskData, cfg: RunConfig,
-                 device: torch.device, precision: str = "fp32") -> tuple[Any, tuple[TrainableModule, ...]]:
+                 device: torch.device, precision: str = "fp32", cache: distill.TeacherLogitCache | None = None,
+                 ) -> tuple[Any, tuple[TrainableModule, ...]]:
     """Student loss = alpha * T^2 * KL(teacher || student at temperature T) + (1 - alpha) * task loss.
 
     With ``distill.layer_distill`` (CoFi's layer loss, off by default) each student layer's hidden
     states are also matched, through a learned linear map, to the teacher layer it was copied
-    from; the teacher then runs online (its hidden states are not cached).
+    from; the teacher then runs online (its hidden states are not cached). ``cache``: the teacher's
+    logits for these rows if the caller already has them (a transfer set's labels come from them).
     """
     d = cfg.study.distill
     teacher.to(device).eval()  # online (layer distillation) or to fill the cache: either way on the run's device
@@ -141,8 +143,9 @@ def distill_loss(model: torch.nn.Module, teacher: torch.nn.Module, data: TaskDat
     if d.layer_distill:
         mapping = getattr(model.config, "pda_student_layers", None) or list(range(model.config.num_hidden_layers))
         distiller = distill.LayerDistiller(model.config.hidden_size, teacher.config.hidden_size, mapping).to(device)
-    cache = None
-    if d.cache_teacher_logits and distiller is None:
+    if not d.cache_teacher_logits or distiller is not None:
+        cache = None
+    elif cache is None:
         cache = shared_teacher_logits(cfg, teacher, data, device, precision)
 
     def loss_fn(model, batch):
@@ -310,9 +313,11 @@ def run(cfg: RunConfig, with_dependencies: bool = False) -> RunRecord:
     t = study.training
     model, teacher, lr = build_model(cfg, data)
     model.to(device)  # before anything attaches to it (gates, distiller) or evaluates it, even with 0 steps
+    logits = None
     if data.transfer_from is not None:  # the transfer set's labels: the teacher's, through the shared logit file
-        data = label_transfer_rows(data, shared_teacher_logits(cfg, teacher.to(device).eval(), data, device, precision))
-    loss_fn, extensions = (distill_loss(model, teacher, data, cfg, device, precision) if teacher is not None
+        logits = shared_teacher_logits(cfg, teacher.to(device).eval(), data, device, precision)
+        data = label_transfer_rows(data, logits)
+    loss_fn, extensions = (distill_loss(model, teacher, data, cfg, device, precision, logits) if teacher is not None
                            else (task_loss(data.task.is_regression), ()))
     loader = make_loader(data.train, tokenizer, t.batch_size, True, cfg.seed, t.group_by_length)
     eval_fn = lambda m: evaluate(m, data, t.eval_batch_size, device, precision)  # noqa: E731

@@ -209,13 +209,18 @@ def test_a_student_on_swapped_pairs_trains_on_both_orders_against_the_teachers_l
     assert not torch.allclose(pipeline.distill.teacher_logits(teacher, original), swapped_logits, atol=1e-3)
 
 
-def test_a_transfer_set_joins_only_the_students_training_rows_labelled_by_its_teacher(make_params):
+def test_a_transfer_set_joins_only_the_students_training_rows_labelled_by_its_teacher(make_params, monkeypatch):
     """D learns from MRPC's rows plus STS-B's and RTE's inputs, labelled with the teacher's predicted class;
     the dev set, the teacher's own rows and the runs without the setting stay as they were."""
     transfer = {"distill": {"transfer_tasks": ["stsb", "rte"]}}
     study = config.load_params(make_params(**TINY, overrides={"mrpc/D": transfer}))
     cfg = config.for_run(study, "mrpc", "D", None, 0)
+    loads = []
+    load = pipeline.distill.TeacherLogitCache.load
+    monkeypatch.setattr(pipeline.distill.TeacherLogitCache, "load",
+                        classmethod(lambda cls, path, meta=None: loads.append(path) or load(path, meta)))
     rec = pipeline.run(cfg, with_dependencies=True)
+    assert loads == []  # the logits that labelled the transfer rows are the loss's: the file is written, not read back
     assert rec.train_steps == 6  # 32 MRPC + 32 STS-B + 32 RTE rows, batch 16, one epoch
     assert any("transfer set: 64 of 96 training rows are stsb, rte inputs" in n for n in rec.notes)
     tokenizer = pipeline.load_tokenizer(study.model)
