@@ -47,6 +47,25 @@ def resolve_precision(precision: str, device: torch.device, cpuinfo: str | None 
     return "fp32"
 
 
+def precision_note(requested: str, device: torch.device, cpuinfo: str | None = None) -> str:
+    """One line for the start of a study on this machine: the precision its runs will train in, and why.
+
+    On a CPU without bf16, ``auto`` trains in fp32, and a study's time estimates made on a bf16 CPU do
+    not hold there; saying so at the start is cheaper than finding out at the end.
+    """
+    resolved = resolve_precision(requested, device, cpuinfo)
+    if requested != "auto":
+        return f"training in {resolved} (precision: {requested})"
+    if device.type != "cpu":
+        return f"training in {resolved} (precision: auto on {device.type})"
+    flags = cpu_bf16_flags(cpuinfo)
+    if flags:
+        return f"training in bf16 (precision: auto; this CPU has {' and '.join(flags)})"
+    return (f"training in fp32 (precision: auto; this CPU has neither {' nor '.join(BF16_CPU_FLAGS)}): "
+            "steps take longer than the README's bf16 timings; `python -m pda plan PARAMS --measure` projects "
+            "this machine's time")
+
+
 def autocast_dtype(precision: str) -> torch.dtype | None:
     """The autocast dtype of a resolved precision (None: plain fp32)."""
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]

@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from pda import fingerprint, retime, scaleout, site
-from pda.kernels import WarmKernel
 from pda.config import RunConfig, StudyConfig, check_data, for_run, load_params, share_cores
+from pda.kernels import WarmKernel
+from pda.precision import precision_note
 from pda.runs import RunSpec, dependencies, expand_grid, is_done, move_aside, run_dir, run_state
+from pda.train import pick_device
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 KERNEL_NAME = "pda"
@@ -271,6 +273,8 @@ def run_study(params_file: Path, workers: int = 0, scheduler: Any = None, kernel
     specs = expand_grid(cfg)
     for line in retire_stale(cfg, specs, stale_after):
         print(line, flush=True)
+    if scheduler is None:  # the runs train on this machine
+        print(precision_note(cfg.precision, pick_device(cfg.device)), flush=True)
     kernel = WarmKernel(kernel_name, NOTEBOOKS_DIR) if warm_kernel and scheduler is None and workers <= 0 else None
     try:
         outcomes = _run_grid(params_file, cfg, specs, workers, scheduler, kernel_name, stale_after, kernel,
@@ -303,7 +307,8 @@ def _run_grid(params_file: Path, cfg: StudyConfig, specs: list[RunSpec], workers
             if budget is not None:
                 cores = scaleout.cpu_count()
                 crowded = " (more workers than cores: runs will compete)" if workers > cores else ""
-                print(f"{workers} workers, {budget} torch thread(s) per run on {cores} cores{crowded}", flush=True)
+                threads = torch_threads_for(cfg, budget)  # the file's torch_threads, if lower than the share
+                print(f"{workers} workers, {threads} torch thread(s) per run on {cores} cores{crowded}", flush=True)
             return run_parallel(client, cfg, specs, execute)
 
 

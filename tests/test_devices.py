@@ -90,3 +90,25 @@ def test_a_pruner_stranded_on_another_device_stops_the_run(layer_distill_params,
     with pytest.raises((DeviceMismatchError, RuntimeError), match=error):
         with device_audit("cpu"):
             run(for_run(study, "mrpc", "P", 0.6, 0))
+
+
+ZEN3_FLAGS = "flags\t\t: fpu vme avx avx2 fma sha_ni vaes\n"  # an AMD EPYC Zen 3: no AVX-512, no bf16
+ZEN4_FLAGS = "flags\t\t: fpu vme avx avx2 avx512f avx512_bf16 vaes\n"
+
+
+def test_auto_trains_in_bf16_only_on_a_cpu_that_has_it_and_the_study_says_which() -> None:
+    """``precision: auto`` is fp32 on a CPU without bf16 (emulated bf16 is slower there) and bf16 on one with it;
+    the line a study prints at its start names the precision and the reason."""
+    from pda.precision import precision_note, resolve_precision
+
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu, ZEN3_FLAGS) == "fp32"
+    assert resolve_precision("auto", cpu, ZEN4_FLAGS) == "bf16"
+    assert resolve_precision("fp32", cpu, ZEN4_FLAGS) == "fp32"
+    without = precision_note("auto", cpu, ZEN3_FLAGS)
+    assert without.startswith("training in fp32") and "neither amx_bf16 nor avx512_bf16" in without
+    assert "--measure" in without
+    assert precision_note("auto", cpu, ZEN4_FLAGS) == "training in bf16 (precision: auto; this CPU has avx512_bf16)"
+    assert precision_note("bf16", cpu, ZEN3_FLAGS) == "training in bf16 (precision: bf16)"
+    with pytest.raises(ValueError, match="'fp16' needs CUDA"):
+        precision_note("fp16", cpu, ZEN4_FLAGS)

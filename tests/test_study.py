@@ -76,6 +76,9 @@ def test_parallel_study_gives_the_serial_metrics(parallel_study, tmp_path, glue_
         assert {"device_name", "torch_threads", "precision"} <= set(b.environment)
         executed = json.loads((run_dir(parallel_study.cfg, rid) / "notebook.ipynb").read_text())
         assert executed["metadata"]["papermill"]["parameters"]["torch_threads"] == 1  # min(file's 1, cores // 2)
+        # what the study says at its start is what the runs got: their threads and their precision
+        assert f"2 workers, {b.environment['torch_threads']} torch thread(s) per run" in parallel_study.out
+        assert f"training in {b.environment['precision']} (precision: " in parallel_study.out
 
 
 def test_failed_task_skips_only_its_dependents_and_resume_runs_only_the_missing(parallel_study):
