@@ -18,13 +18,18 @@ from pda.config import PRECISIONS
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
+def read_cpuinfo() -> str:
+    """This machine's /proc/cpuinfo, or "" where there is none (not Linux: no flags known, so auto stays at fp32)."""
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
 def cpu_bf16_flags(cpuinfo: str | None = None) -> list[str]:
     """The CPU flags among ``BF16_CPU_FLAGS`` that this machine (or the given /proc/cpuinfo text) reports."""
     if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:  # not Linux: no flags known, so auto stays at fp32
-            return []
+        cpuinfo = read_cpuinfo()
     flags: set[str] = set()
     for line in cpuinfo.splitlines():
         if line.startswith("flags"):
@@ -53,6 +58,8 @@ def precision_note(requested: str, device: torch.device, cpuinfo: str | None = N
     On a CPU without bf16, ``auto`` trains in fp32, and a study's time estimates made on a bf16 CPU do
     not hold there; saying so at the start is cheaper than finding out at the end.
     """
+    if cpuinfo is None and device.type == "cpu":
+        cpuinfo = read_cpuinfo()  # once, for both the decision and the flags named
     resolved = resolve_precision(requested, device, cpuinfo)
     if requested != "auto":
         return f"training in {resolved} (precision: {requested})"

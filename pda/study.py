@@ -18,10 +18,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from pda import fingerprint, retime, scaleout, site
 from pda.config import RunConfig, StudyConfig, check_data, for_run, load_params, share_cores
 from pda.kernels import WarmKernel
-from pda.precision import precision_note
+from pda.precision import precision_note, read_cpuinfo
 from pda.runs import RunSpec, dependencies, expand_grid, is_done, move_aside, run_dir, run_state
 from pda.train import pick_device
 
@@ -257,6 +259,21 @@ def _erred(spec: RunSpec, future: Any, dependency_outcomes: list[Outcome | None]
     return Outcome(spec, "failed", error=f"{type(exc).__name__}: {exc}")
 
 
+def precision_lines(cfg: StudyConfig, specs: list[RunSpec], device: torch.device,
+                    cpuinfo: str | None = None) -> list[str]:
+    """What the runs will train in, one line per precision they request (an override may change it for some)."""
+    runs: dict[str, list[str]] = {}
+    for spec in specs:
+        requested = for_run(cfg, spec.task, spec.scenario, spec.sparsity, spec.seed).study.precision
+        runs.setdefault(requested, []).append(spec.run_id)
+    if cpuinfo is None and device.type == "cpu":
+        cpuinfo = read_cpuinfo()
+    if len(runs) <= 1:
+        return [precision_note(next(iter(runs), cfg.precision), device, cpuinfo)]
+    return [f"{len(ids)} run(s) ({ids[0]}{', ...' if len(ids) > 1 else ''}): {precision_note(p, device, cpuinfo)}"
+            for p, ids in runs.items()]
+
+
 def run_study(params_file: Path, workers: int = 0, scheduler: Any = None, kernel_name: str = KERNEL_NAME,
               analysis: bool = True, stale_after: float = scaleout.STALE_AFTER_S,
               warm_kernel: bool = True) -> list[Outcome]:
@@ -274,7 +291,8 @@ def run_study(params_file: Path, workers: int = 0, scheduler: Any = None, kernel
     for line in retire_stale(cfg, specs, stale_after):
         print(line, flush=True)
     if scheduler is None:  # the runs train on this machine
-        print(precision_note(cfg.precision, pick_device(cfg.device)), flush=True)
+        for line in precision_lines(cfg, specs, pick_device(cfg.device)):
+            print(line, flush=True)
     kernel = WarmKernel(kernel_name, NOTEBOOKS_DIR) if warm_kernel and scheduler is None and workers <= 0 else None
     try:
         outcomes = _run_grid(params_file, cfg, specs, workers, scheduler, kernel_name, stale_after, kernel,

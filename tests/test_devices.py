@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification
@@ -112,3 +114,20 @@ def test_auto_trains_in_bf16_only_on_a_cpu_that_has_it_and_the_study_says_which(
     assert precision_note("bf16", cpu, ZEN3_FLAGS) == "training in bf16 (precision: bf16)"
     with pytest.raises(ValueError, match="'fp16' needs CUDA"):
         precision_note("fp16", cpu, ZEN4_FLAGS)
+
+
+def test_a_study_names_every_precision_its_runs_train_in() -> None:
+    """A task that overrides ``precision`` gets its own start line; one line when all runs agree."""
+    from pda.runs import expand_grid
+    from pda.study import precision_lines
+
+    cpu, params = torch.device("cpu"), Path(__file__).resolve().parent.parent / "parameters" / "smoke.yaml"
+    same = load_params(params, precision="auto")
+    assert precision_lines(same, expand_grid(same), cpu, ZEN4_FLAGS) == [
+        "training in bf16 (precision: auto; this CPU has avx512_bf16)"]
+    mixed = load_params(params, precision="auto", overrides={"stsb": {"precision": "fp32"}})
+    specs = expand_grid(mixed)
+    stsb = sum(spec.task == "stsb" for spec in specs)
+    assert precision_lines(mixed, specs, cpu, ZEN4_FLAGS) == [
+        f"{len(specs) - stsb} run(s) (mrpc-base-seed0, ...): training in bf16 (precision: auto; this CPU has avx512_bf16)",
+        f"{stsb} run(s) (stsb-base-seed0, ...): training in fp32 (precision: fp32)"]
