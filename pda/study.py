@@ -264,7 +264,7 @@ def precision_lines(cfg: StudyConfig, specs: list[RunSpec], device: torch.device
     """What the runs will train in, one line per precision they request (an override may change it for some)."""
     runs: dict[str, list[str]] = {}
     for spec in specs:
-        requested = for_run(cfg, spec.task, spec.scenario, spec.sparsity, spec.seed).study.precision
+        requested = run_config(cfg, spec).study.precision
         runs.setdefault(requested, []).append(spec.run_id)
     if cpuinfo is None and device.type == "cpu":
         cpuinfo = read_cpuinfo()
