@@ -31,6 +31,28 @@ def test_smoke_and_paper_and_default_files_validate(glue_dir, monkeypatch):
     assert (high.epochs, high.eval_every_steps) == (20, 500)
 
 
+
+def test_the_sparsity_curve_reuses_the_default_studys_runs_and_finetunes_between_as_at_90(glue_dir, monkeypatch):
+    """parameters/sparsity_curve.yaml promises that its 60 and 90 % runs (and their teachers and students)
+    are the default study's, so copying them in reuses them, and that 70-85 % fine-tune as 90 % does."""
+    from tests.conftest import ROOT
+
+    monkeypatch.setenv("PDA_GLUE_DIR", str(glue_dir))
+    default = load_params(ROOT / "parameters" / "default.yaml")
+    curve = load_params(ROOT / "parameters" / "sparsity_curve.yaml")
+    assert curve.tasks == ["mrpc"] and curve.sparsities == [0.6, 0.7, 0.8, 0.85, 0.9] and curve.seeds == [0, 1, 2]
+    assert curve.output_dir != default.output_dir  # its analysis covers its own runs only
+    for scenario, sparsity in [("FT", None), ("D", None), ("P", 0.6), ("P", 0.9), ("P+D", 0.6), ("P+D", 0.9)]:
+        for seed in (0, 2):
+            assert (fingerprint.fingerprint(for_run(curve, "mrpc", scenario, sparsity, seed))
+                    == fingerprint.fingerprint(for_run(default, "mrpc", scenario, sparsity, seed))), (scenario, sparsity)
+    at_90 = for_run(curve, "mrpc", "P", 0.9, 0).study.pruning
+    for sparsity in (0.7, 0.8, 0.85):
+        between = for_run(curve, "mrpc", "P+D", sparsity, 1).study.pruning
+        assert (between.finetune_epochs, between.finetune_learning_rate) == (at_90.finetune_epochs, at_90.finetune_learning_rate)
+    at_60 = for_run(curve, "mrpc", "P", 0.6, 0).study.pruning
+    assert at_60.finetune_epochs != at_90.finetune_epochs
+
 @pytest.mark.parametrize(
     "changes, message",
     [

@@ -1,0 +1,165 @@
+"""Where does a task break? Dev score against the encoder weights kept, over a sparsity sweep.
+
+    make study PARAMS=parameters/sparsity_curve.yaml        # MRPC: P and P+D at 60 ... 90 %, seeds 0-2
+    .venv/bin/python benchmarks/sparsity_curve.py outputs/sparsity-curve --task mrpc --out docs/capacity
+
+A study's 60 % and 90 % points say whether a recipe holds at those two budgets, not where between
+them it stops learning. This script reads a finished study's run records for one task (any scenarios,
+sparsities and seeds it has) and draws each recipe's dev score against the encoder weights its models
+keep (Q, K, V, O and the FFN matrices, CoFi's count), against the two lines that decide whether a run
+collapsed (``pda.analysis.collapse``): the majority class, and the least score that is significantly
+above it on this dev set (one-sided, 5 %). For a classification task the score is accuracy over the
+majority class's, so published models scored on another split (``--published``: GLUE test-set numbers
+with that split's majority class) can be drawn for scale; for CoLA and STS-B it is the main metric.
+It writes ``<task>-sparsity-curve.png`` and ``.md`` (the table behind it, every run's p-value) into
+``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+# Turc et al. 2019 (Well-Read Students Learn Better, arXiv:1908.08962), GLUE test set, MRPC accuracy of
+# pre-trained compact BERTs (model card of google/bert_uncased_L-2_H-128_A-2): name, layers, hidden, accuracy.
+# MRPC's test set is 66.5 % paraphrases (1,147 of 1,725), the accuracy of the constant answer.
+TURC_2019_MRPC_TEST = {"majority_accuracy": 66.5, "models": [
+    ("BERT-Tiny", 2, 128, 71.1), ("BERT-Mini", 4, 256, 71.8), ("BERT-Small", 4, 512, 76.2), ("BERT-Medium", 8, 512, 81.6)]}
+
+
+def load_runs(output_dir: Path, task: str) -> list[dict]:
+    """Every finished run of ``task`` in a study's output folder, as the fields this script uses."""
+    from pda.pruning.sparsity import structure_weights  # CoFi's count: Q, K, V, O and the FFN matrices
+
+    rows = []
+    for result in sorted((output_dir / "runs").glob(f"{task}-*/result.json")):
+        record = json.loads(result.read_text(encoding="utf-8"))
+        if record["task"] != task or not record.get("structure"):
+            continue
+        rows.append({"run_id": record["run_id"], "scenario": record["scenario"], "sparsity": record.get("sparsity"),
+                     "seed": record["seed"], "metrics": record["metrics"], "main_metric": record["main_metric"],
+                     "weights": structure_weights(record["structure"])})
+    if not rows:
+        raise SystemExit(f"no finished {task} runs under {output_dir / 'runs'}: run the study first")
+    return rows
+
+
+def score_and_threshold(task: str, baseline) -> tuple[str, float, float]:
+    """(the metric the y axis shows, the majority class's score on it, the least score significantly above it)."""
+    from scipy.stats import norm
+
+    from pda.analysis.collapse import p_above_majority
+
+    n, z = baseline.dev_examples, norm.ppf(0.95)
+    if task == "cola":  # Matthews: 0 for any constant prediction
+        return "matthews", 0.0, 100 * z / math.sqrt(n)
+    if baseline.accuracy is None:  # regression: a constant has no correlation
+        return "pearson", 0.0, 100 * math.tanh(z / math.sqrt(n - 3))
+    least = next(k for k in range(n + 1) if p_above_majority(100 * k / n, baseline) < 0.05)
+    return ("accuracy_m" if task == "mnli" else "accuracy"), baseline.accuracy, 100 * least / n
+
+
+def p_value(task: str, value: float, baseline) -> float:
+    from pda.analysis.collapse import p_above_majority, p_positive_matthews, p_positive_pearson
+
+    if task == "cola":
+        return p_positive_matthews(value / 100, baseline.dev_examples)
+    if baseline.accuracy is None:
+        return p_positive_pearson(value / 100, baseline.dev_examples)
+    return p_above_majority(value, baseline)
+
+
+def summarise(rows: list[dict], metric: str) -> list[dict]:
+    """One line per (scenario, target sparsity): mean ± sample std over seeds of the score and weights."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[(r["scenario"], r["sparsity"])].append(r)
+    out = []
+    for (scenario, sparsity), runs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0.0)):
+        values = [r["metrics"][metric] for r in runs]
+        out.append({"scenario": scenario, "sparsity": sparsity, "n": len(runs), "weights": statistics.mean(r["weights"] for r in runs),
+                    "mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
+                    "passed": sum(r["p"] < 0.05 for r in runs)})
+    return out
+
+
+def plot(lines: list[dict], task: str, metric: str, majority: float, threshold: float, published: dict | None, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    over = metric.startswith("accuracy")  # accuracy is drawn over the majority class's, so other splits can join
+    shift = majority if over else 0.0
+    fig = Figure(figsize=(7.2, 4.4), layout="constrained")
+    ax = fig.subplots()
+    ax.axhline(majority - shift, color="black", linestyle=":", linewidth=1, label="majority class")
+    ax.axhline(threshold - shift, color="firebrick", linestyle="--", linewidth=1,
+               label="least score significantly above it (p < 0.05, this dev set)")
+    pruned = sorted({l["scenario"] for l in lines if l["sparsity"] is not None})
+    for scenario, marker in zip(pruned, "osD^v"):
+        mine = sorted((l for l in lines if l["scenario"] == scenario), key=lambda l: -l["weights"])
+        x = [l["weights"] / 1e6 for l in mine]
+        y = [l["mean"] - shift for l in mine]
+        err = [l["std"] or 0.0 for l in mine]
+        n = max(l["n"] for l in mine)
+        ax.errorbar(x, y, yerr=err if n > 1 else None, marker=marker, capsize=3, label=f"{scenario} (mean ± std of {n} seeds)")
+        for l, xi, yi in zip(mine, x, y):
+            ax.annotate(f"{l['sparsity']:.0%}", (xi, yi), textcoords="offset points", xytext=(4, 5), fontsize=7)
+    for l in (l for l in lines if l["sparsity"] is None):
+        ax.errorbar([l["weights"] / 1e6], [l["mean"] - shift], yerr=[l["std"]] if l["std"] else None, marker="*",
+                    markersize=11, linestyle="none", capsize=3, label=f"{l['scenario']} (unpruned, {l['n']} seeds)")
+    if published and over:
+        xs = [layers * 12 * hidden ** 2 / 1e6 for _, layers, hidden, _ in published["models"]]
+        ys = [acc - published["majority_accuracy"] for *_, acc in published["models"]]
+        ax.scatter(xs, ys, marker="x", color="grey", label="compact BERTs, GLUE test set (Turc et al. 2019), for scale")
+        for (name, *_), xi, yi in zip(published["models"], xs, ys):
+            ax.annotate(name, (xi, yi), textcoords="offset points", xytext=(4, -10), fontsize=7, color="grey")
+    ax.set_xscale("log")
+    ax.set_xlabel("encoder weights kept (millions: Q, K, V, O and FFN matrices; log scale)")
+    ax.set_ylabel("dev accuracy over the majority class (points)" if over else f"dev {metric} (%)")
+    ax.set_title(f"{task.upper()}: where pruning stops learning (labels: target sparsity)")
+    ax.legend(fontsize=7, loc="upper left", frameon=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=140)
+
+
+def table(lines: list[dict], rows: list[dict], metric: str, majority: float, threshold: float) -> str:
+    out = [f"Majority class {majority:.1f}; significantly above it (p < 0.05) from {threshold:.1f}.", "",
+           f"| recipe | target sparsity | encoder weights (M) | dev {metric}, mean ± std | seeds | runs above the majority class (p < 0.05) |",
+           "|---|---|---|---|---|---|"]
+    for l in lines:
+        spread = f" ± {l['std']:.1f}" if l["std"] is not None else ""
+        target = f"{l['sparsity']:.0%}" if l["sparsity"] is not None else "—"
+        out.append(f"| {l['scenario']} | {target} | {l['weights'] / 1e6:.2f} | {l['mean']:.1f}{spread} | {l['n']} | {l['passed']} of {l['n']} |")
+    out += ["", "| run | " + " | ".join(sorted(rows[0]["metrics"])) + " | p |", "|---|" + "---|" * (len(rows[0]["metrics"]) + 1)]
+    for r in sorted(rows, key=lambda r: (r["scenario"], r["sparsity"] or 0.0, r["seed"])):
+        out.append(f"| {r['run_id']} | " + " | ".join(f"{r['metrics'][k]:.1f}" for k in sorted(r["metrics"])) + f" | {r['p']:.3f} |")
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("output_dir", type=Path, help="a study's output folder (with runs/)")
+    parser.add_argument("--task", default="mrpc")
+    parser.add_argument("--data-dir", default=None, help="where the task's data is (default: as a study finds it)")
+    parser.add_argument("--out", type=Path, default=Path("docs/capacity"), help="where the figure and table go")
+    parser.add_argument("--no-published", action="store_true", help="do not draw Turc et al.'s compact BERTs (MRPC)")
+    args = parser.parse_args()
+    from pda.baselines import majority_baselines
+
+    baseline = majority_baselines([args.task], args.data_dir, online=False)[args.task]
+    metric, majority, threshold = score_and_threshold(args.task, baseline)
+    rows = load_runs(args.output_dir, args.task)
+    for r in rows:
+        r["p"] = p_value(args.task, r["metrics"][metric], baseline)
+    lines = summarise(rows, metric)
+    published = TURC_2019_MRPC_TEST if args.task == "mrpc" and not args.no_published else None
+    plot(lines, args.task, metric, majority, threshold, published, args.out / f"{args.task}-sparsity-curve.png")
+    (args.out / f"{args.task}-sparsity-curve.md").write_text(table(lines, rows, metric, majority, threshold), encoding="utf-8")
+    print(table(lines, rows, metric, majority, threshold))
+
+
+if __name__ == "__main__":
+    main()
