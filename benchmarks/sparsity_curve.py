@@ -33,16 +33,22 @@ TURC_2019_MRPC_TEST = {"majority_accuracy": 66.5, "models": [
 
 def load_runs(output_dir: Path, task: str) -> list[dict]:
     """Every finished run of ``task`` in a study's output folder, as the fields this script uses."""
-    from pda.pruning.sparsity import structure_weights  # CoFi's count: Q, K, V, O and the FFN matrices
+    from transformers import AutoConfig
+
+    from pda.pruning.sparsity import full_encoder_weights, structure_weights  # CoFi's count: Q, K, V, O, FFN
 
     rows = []
     for result in sorted((output_dir / "runs").glob(f"{task}-*/result.json")):
         record = json.loads(result.read_text(encoding="utf-8"))
-        if record["task"] != task or not record.get("structure"):
+        if record["task"] != task or record["scenario"] not in ("FT", "D") and not record.get("structure"):
             continue
+        if record.get("structure"):
+            weights = structure_weights(record["structure"])
+        else:  # an unpruned model keeps every weight of its (maybe distilled, shallower) configuration
+            weights = full_encoder_weights(AutoConfig.from_pretrained(result.parent / "model"))
         rows.append({"run_id": record["run_id"], "scenario": record["scenario"], "sparsity": record.get("sparsity"),
                      "seed": record["seed"], "metrics": record["metrics"], "main_metric": record["main_metric"],
-                     "weights": structure_weights(record["structure"])})
+                     "weights": weights})
     if not rows:
         raise SystemExit(f"no finished {task} runs under {output_dir / 'runs'}: run the study first")
     return rows
@@ -79,7 +85,9 @@ def summarise(rows: list[dict], metric: str) -> list[dict]:
     for r in rows:
         groups[(r["scenario"], r["sparsity"])].append(r)
     out = []
-    for (scenario, sparsity), runs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0.0)):
+    from pda.analysis.frame import recipe_sort_key
+
+    for (scenario, sparsity), runs in sorted(groups.items(), key=lambda kv: recipe_sort_key(*kv[0])):
         values = [r["metrics"][metric] for r in runs]
         out.append({"scenario": scenario, "sparsity": sparsity, "n": len(runs), "weights": statistics.mean(r["weights"] for r in runs),
                     "mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
@@ -92,7 +100,7 @@ def plot(lines: list[dict], task: str, metric: str, majority: float, threshold: 
 
     over = metric.startswith("accuracy")  # accuracy is drawn over the majority class's, so other splits can join
     shift = majority if over else 0.0
-    fig = Figure(figsize=(7.2, 4.4), layout="constrained")
+    fig = Figure(figsize=(7.2, 5.2), layout="constrained")
     ax = fig.subplots()
     ax.axhline(majority - shift, color="black", linestyle=":", linewidth=1, label="majority class")
     ax.axhline(threshold - shift, color="firebrick", linestyle="--", linewidth=1,
@@ -104,7 +112,7 @@ def plot(lines: list[dict], task: str, metric: str, majority: float, threshold: 
         y = [l["mean"] - shift for l in mine]
         err = [l["std"] or 0.0 for l in mine]
         n = max(l["n"] for l in mine)
-        ax.errorbar(x, y, yerr=err if n > 1 else None, marker=marker, capsize=3, label=f"{scenario} (mean ± std of {n} seeds)")
+        ax.errorbar(x, y, yerr=err if n > 1 else None, marker=marker, capsize=3, label=f"{scenario} (mean ± std of {n} seed{'s' * (n > 1)})")
         for l, xi, yi in zip(mine, x, y):
             ax.annotate(f"{l['sparsity']:.0%}", (xi, yi), textcoords="offset points", xytext=(4, 5), fontsize=7)
     for l in (l for l in lines if l["sparsity"] is None):
@@ -117,10 +125,11 @@ def plot(lines: list[dict], task: str, metric: str, majority: float, threshold: 
         for (name, *_), xi, yi in zip(published["models"], xs, ys):
             ax.annotate(name, (xi, yi), textcoords="offset points", xytext=(4, -10), fontsize=7, color="grey")
     ax.set_xscale("log")
+    ax.set_xticks([0.25, 0.5, 1, 2, 5, 10, 20], labels=["0.25", "0.5", "1", "2", "5", "10", "20"])
     ax.set_xlabel("encoder weights kept (millions: Q, K, V, O and FFN matrices; log scale)")
     ax.set_ylabel("dev accuracy over the majority class (points)" if over else f"dev {metric} (%)")
     ax.set_title(f"{task.upper()}: where pruning stops learning (labels: target sparsity)")
-    ax.legend(fontsize=7, loc="upper left", frameon=False)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize=7, frameon=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=140)
 
@@ -134,8 +143,11 @@ def table(lines: list[dict], rows: list[dict], metric: str, majority: float, thr
         target = f"{l['sparsity']:.0%}" if l["sparsity"] is not None else "—"
         out.append(f"| {l['scenario']} | {target} | {l['weights'] / 1e6:.2f} | {l['mean']:.1f}{spread} | {l['n']} | {l['passed']} of {l['n']} |")
     out += ["", "| run | " + " | ".join(sorted(rows[0]["metrics"])) + " | p |", "|---|" + "---|" * (len(rows[0]["metrics"]) + 1)]
-    for r in sorted(rows, key=lambda r: (r["scenario"], r["sparsity"] or 0.0, r["seed"])):
-        out.append(f"| {r['run_id']} | " + " | ".join(f"{r['metrics'][k]:.1f}" for k in sorted(r["metrics"])) + f" | {r['p']:.3f} |")
+    from pda.analysis.frame import recipe_sort_key
+
+    for r in sorted(rows, key=lambda r: (recipe_sort_key(r["scenario"], r["sparsity"]), r["seed"])):
+        p = f"{r['p']:.3f}" if r["p"] >= 0.001 else "< 0.001"
+        out.append(f"| {r['run_id']} | " + " | ".join(f"{r['metrics'][k]:.1f}" for k in sorted(r["metrics"])) + f" | {p} |")
     return "\n".join(out) + "\n"
 
 
