@@ -111,8 +111,9 @@ def plot(lines: list[dict], task: str, metric: str, majority: float, threshold: 
         x = [l["weights"] / 1e6 for l in mine]
         y = [l["mean"] - shift for l in mine]
         err = [l["std"] or 0.0 for l in mine]
-        n = max(l["n"] for l in mine)
-        ax.errorbar(x, y, yerr=err if n > 1 else None, marker=marker, capsize=3, label=f"{scenario} (mean ± std of {n} seed{'s' * (n > 1)})")
+        low, n = min(l["n"] for l in mine), max(l["n"] for l in mine)
+        seeds = f"{n} seed{'s' * (n > 1)}" if low == n else f"{low} to {n} seeds"
+        ax.errorbar(x, y, yerr=err if n > 1 else None, marker=marker, capsize=3, label=f"{scenario} (mean ± std of {seeds})")
         for l, xi, yi in zip(mine, x, y):
             ax.annotate(f"{l['sparsity']:.0%}", (xi, yi), textcoords="offset points", xytext=(4, 5), fontsize=7)
     for l in (l for l in lines if l["sparsity"] is None):
@@ -123,7 +124,7 @@ def plot(lines: list[dict], task: str, metric: str, majority: float, threshold: 
         ys = [acc - published["majority_accuracy"] for *_, acc in published["models"]]
         ax.scatter(xs, ys, marker="x", color="grey", label="compact BERTs, GLUE test set (Turc et al. 2019), for scale")
         for (name, *_), xi, yi in zip(published["models"], xs, ys):
-            ax.annotate(name, (xi, yi), textcoords="offset points", xytext=(4, -10), fontsize=7, color="grey")
+            ax.annotate(name, (xi, yi), textcoords="offset points", xytext=(5, 4), fontsize=7, color="grey")
     ax.set_xscale("log")
     ax.set_xticks([0.25, 0.5, 1, 2, 5, 10, 20], labels=["0.25", "0.5", "1", "2", "5", "10", "20"])
     ax.set_xlabel("encoder weights kept (millions: Q, K, V, O and FFN matrices; log scale)")
