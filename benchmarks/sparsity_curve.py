@@ -48,7 +48,7 @@ def load_runs(output_dir: Path, task: str) -> list[dict]:
             weights = full_encoder_weights(AutoConfig.from_pretrained(result.parent / "model"))
         rows.append({"run_id": record["run_id"], "scenario": record["scenario"], "sparsity": record.get("sparsity"),
                      "seed": record["seed"], "metrics": record["metrics"], "main_metric": record["main_metric"],
-                     "weights": weights})
+                     "weights": weights, "precision": record.get("environment", {}).get("precision", "unknown")})
     if not rows:
         raise SystemExit(f"no finished {task} runs under {output_dir / 'runs'}: run the study first")
     return rows
@@ -136,7 +136,9 @@ def plot(lines: list[dict], task: str, metric: str, majority: float, threshold: 
 
 
 def table(lines: list[dict], rows: list[dict], metric: str, majority: float, threshold: float) -> str:
-    out = [f"Majority class {majority:.1f}; significantly above it (p < 0.05) from {threshold:.1f}.", "",
+    precisions = ", ".join(sorted({r["precision"] for r in rows}))
+    out = [f"`benchmarks/sparsity_curve.py` over {len(rows)} runs (training precision: {precisions}). Dev {metric} in "
+           f"percent; majority class {majority:.1f}; significantly above it (p < 0.05) from {threshold:.1f}.", "",
            f"| recipe | target sparsity | encoder weights (M) | dev {metric}, mean ± std | seeds | runs above the majority class (p < 0.05) |",
            "|---|---|---|---|---|---|"]
     for l in lines:
