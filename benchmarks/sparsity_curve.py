@@ -4,8 +4,8 @@
     .venv/bin/python benchmarks/sparsity_curve.py outputs/sparsity-curve --task mrpc --out docs/capacity
 
 A study's 60 % and 90 % points say whether a recipe holds at those two budgets, not where between
-them it stops learning. This script reads a finished study's run records for one task (FT, D and the pruned scenarios,
-sparsities and seeds it has) and draws each recipe's dev score against the encoder weights its models
+them it stops learning. This script reads a finished study's run records for one task (its FT, D and pruned runs,
+at every sparsity and seed it has) and draws each recipe's dev score against the encoder weights its models
 keep (Q, K, V, O and the FFN matrices, CoFi's count), against the two lines that decide whether a run
 collapsed (``pda.analysis.collapse``): the majority class, and the least score that is significantly
 above it on this dev set (one-sided, 5 %). For a classification task the score is accuracy over the
