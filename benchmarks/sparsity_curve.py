@@ -24,6 +24,8 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from pda.analysis.collapse import ALPHA, p_value  # the study's test of "above a constant prediction"
+
 # Turc et al. 2019 (Well-Read Students Learn Better, arXiv:1908.08962), GLUE test set, MRPC accuracy of
 # pre-trained compact BERTs (model card of google/bert_uncased_L-2_H-128_A-2): name, layers, hidden, accuracy.
 # MRPC's test set is 66.5 % paraphrases (1,147 of 1,725), the accuracy of the constant answer.
@@ -47,51 +49,40 @@ def load_runs(output_dir: Path, task: str) -> list[dict]:
         else:  # an unpruned model keeps every weight of its (maybe distilled, shallower) configuration
             weights = full_encoder_weights(AutoConfig.from_pretrained(result.parent / "model"))
         rows.append({"run_id": record["run_id"], "scenario": record["scenario"], "sparsity": record.get("sparsity"),
-                     "seed": record["seed"], "metrics": record["metrics"], "main_metric": record["main_metric"],
+                     "seed": record["seed"], "metrics": record["metrics"],
                      "weights": weights, "precision": record.get("environment", {}).get("precision", "unknown")})
     if not rows:
         raise SystemExit(f"no finished {task} runs under {output_dir / 'runs'}: run the study first")
     return rows
 
 
-def score_and_threshold(task: str, baseline) -> tuple[str, float, float]:
-    """(the metric the y axis shows, the majority class's score on it, the least score significantly above it)."""
+def score_and_threshold(task: str, baseline) -> tuple[str, str, float, float]:
+    """(the collapse test's kind, the metric the y axis shows, the majority class's score on it, the least
+    score significantly above it): the test of ``pda.analysis.collapse``, solved for its threshold."""
     from scipy.stats import norm
 
-    from pda.analysis.collapse import p_above_majority
-
-    n, z = baseline.dev_examples, norm.ppf(0.95)
+    n, z = baseline.dev_examples, norm.ppf(1 - ALPHA)
     if task == "cola":  # Matthews: 0 for any constant prediction
-        return "matthews", 0.0, 100 * z / math.sqrt(n)
+        return "matthews", "matthews", 0.0, 100 * z / math.sqrt(n)
     if baseline.accuracy is None:  # regression: a constant has no correlation
-        return "pearson", 0.0, 100 * math.tanh(z / math.sqrt(n - 3))
-    least = next(k for k in range(n + 1) if p_above_majority(100 * k / n, baseline) < 0.05)
-    return ("accuracy_m" if task == "mnli" else "accuracy"), baseline.accuracy, 100 * least / n
-
-
-def p_value(task: str, value: float, baseline) -> float:
-    from pda.analysis.collapse import p_above_majority, p_positive_matthews, p_positive_pearson
-
-    if task == "cola":
-        return p_positive_matthews(value / 100, baseline.dev_examples)
-    if baseline.accuracy is None:
-        return p_positive_pearson(value / 100, baseline.dev_examples)
-    return p_above_majority(value, baseline)
+        return "pearson", "pearson", 0.0, 100 * math.tanh(z / math.sqrt(n - 3))
+    least = next(k for k in range(n + 1) if p_value("accuracy", 100 * k / n, baseline) < ALPHA)
+    return "accuracy", ("accuracy_m" if task == "mnli" else "accuracy"), baseline.accuracy, 100 * least / n
 
 
 def summarise(rows: list[dict], metric: str) -> list[dict]:
     """One line per (scenario, target sparsity): mean ± sample std over seeds of the score and weights."""
+    from pda.analysis.frame import recipe_sort_key
+
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         groups[(r["scenario"], r["sparsity"])].append(r)
     out = []
-    from pda.analysis.frame import recipe_sort_key
-
     for (scenario, sparsity), runs in sorted(groups.items(), key=lambda kv: recipe_sort_key(*kv[0])):
         values = [r["metrics"][metric] for r in runs]
         out.append({"scenario": scenario, "sparsity": sparsity, "n": len(runs), "weights": statistics.mean(r["weights"] for r in runs),
                     "mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
-                    "passed": sum(r["p"] < 0.05 for r in runs)})
+                    "passed": sum(r["p"] < ALPHA for r in runs)})
     return out
 
 
@@ -165,10 +156,10 @@ def main() -> None:
     from pda.baselines import majority_baselines
 
     baseline = majority_baselines([args.task], args.data_dir, online=False)[args.task]
-    metric, majority, threshold = score_and_threshold(args.task, baseline)
+    kind, metric, majority, threshold = score_and_threshold(args.task, baseline)
     rows = load_runs(args.output_dir, args.task)
     for r in rows:
-        r["p"] = p_value(args.task, r["metrics"][metric], baseline)
+        r["p"] = p_value(kind, r["metrics"][metric], baseline)
     lines = summarise(rows, metric)
     published = TURC_2019_MRPC_TEST if args.task == "mrpc" and not args.no_published else None
     plot(lines, args.task, metric, majority, threshold, published, args.out / f"{args.task}-sparsity-curve.png")

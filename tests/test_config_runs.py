@@ -31,7 +31,6 @@ def test_smoke_and_paper_and_default_files_validate(glue_dir, monkeypatch):
     assert (high.epochs, high.eval_every_steps) == (20, 500)
 
 
-
 def test_the_sparsity_curve_reuses_the_default_studys_runs_and_finetunes_between_as_measured(glue_dir, monkeypatch):
     """parameters/sparsity_curve.yaml promises that its 60 and 90 % runs (and their teachers and students)
     are the default study's, so copying them in reuses them, that 80 and 85 % fine-tune as 90 % does, and
