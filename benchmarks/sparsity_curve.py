@@ -97,7 +97,8 @@ def plot(lines: list[dict], task: str, metric: str, majority: float, threshold: 
     ax.axhline(threshold - shift, color="firebrick", linestyle="--", linewidth=1,
                label="least score significantly above it (p < 0.05, this dev set)")
     pruned = sorted({l["scenario"] for l in lines if l["sparsity"] is not None})
-    for scenario, marker in zip(pruned, "osD^v"):
+    offsets = [(6, -3), (-24, 5), (4, 5), (4, 5), (4, 5)]  # labels right of P, above-left of P+D: no overlap
+    for scenario, marker, offset in zip(pruned, "osD^v", offsets):
         mine = sorted((l for l in lines if l["scenario"] == scenario), key=lambda l: -l["weights"])
         x = [l["weights"] / 1e6 for l in mine]
         y = [l["mean"] - shift for l in mine]
@@ -106,7 +107,7 @@ def plot(lines: list[dict], task: str, metric: str, majority: float, threshold: 
         seeds = f"{n} seed{'s' * (n > 1)}" if low == n else f"{low} to {n} seeds"
         ax.errorbar(x, y, yerr=err if n > 1 else None, marker=marker, capsize=3, label=f"{scenario} (mean ± std of {seeds})")
         for l, xi, yi in zip(mine, x, y):
-            ax.annotate(f"{l['sparsity']:.0%}", (xi, yi), textcoords="offset points", xytext=(4, 5), fontsize=7)
+            ax.annotate(f"{l['sparsity']:.0%}", (xi, yi), textcoords="offset points", xytext=offset, fontsize=7)
     for l in (l for l in lines if l["sparsity"] is None):
         ax.errorbar([l["weights"] / 1e6], [l["mean"] - shift], yerr=[l["std"]] if l["std"] else None, marker="*",
                     markersize=11, linestyle="none", capsize=3, label=f"{l['scenario']} (unpruned, {l['n']} seeds)")
