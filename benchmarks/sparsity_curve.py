@@ -9,8 +9,9 @@ at every sparsity and seed it has) and draws each recipe's dev score against the
 keep (Q, K, V, O and the FFN matrices, CoFi's count), against the two lines that decide whether a run
 collapsed (``pda.analysis.collapse``): the majority class, and the least score that is significantly
 above it on this dev set (one-sided, 5 %). For a classification task the score is accuracy over the
-majority class's, so published models scored on another split (``--published``: GLUE test-set numbers
-with that split's majority class) can be drawn for scale; for CoLA and STS-B it is the main metric.
+majority class's, so published models scored on another split (for MRPC the compact BERTs of Turc et al.
+2019, GLUE test set over its own majority class; ``--no-published`` leaves them out) can be drawn for
+scale; for CoLA and STS-B it is the main metric.
 It writes ``<task>-sparsity-curve.png`` and ``.md`` (the table behind it, every run's p-value) into
 ``--out``.
 """
@@ -25,6 +26,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from pda.analysis.collapse import ALPHA, p_value  # the study's test of "above a constant prediction"
+from pda.analysis.frame import recipe_sort_key
 
 # Turc et al. 2019 (Well-Read Students Learn Better, arXiv:1908.08962), GLUE test set, MRPC accuracy of
 # pre-trained compact BERTs (model card of google/bert_uncased_L-2_H-128_A-2): name, layers, hidden, accuracy.
@@ -72,8 +74,6 @@ def score_and_threshold(task: str, baseline) -> tuple[str, str, float, float]:
 
 def summarise(rows: list[dict], metric: str) -> list[dict]:
     """One line per (scenario, target sparsity): mean ± sample std over seeds of the score and weights."""
-    from pda.analysis.frame import recipe_sort_key
-
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         groups[(r["scenario"], r["sparsity"])].append(r)
@@ -95,7 +95,7 @@ def plot(lines: list[dict], task: str, metric: str, majority: float, threshold: 
     ax = fig.subplots()
     ax.axhline(majority - shift, color="black", linestyle=":", linewidth=1, label="majority class")
     ax.axhline(threshold - shift, color="firebrick", linestyle="--", linewidth=1,
-               label="least score significantly above it (p < 0.05, this dev set)")
+               label=f"least score significantly above it (p < {ALPHA:g}, this dev set)")
     pruned = sorted({l["scenario"] for l in lines if l["sparsity"] is not None})
     offsets = [(6, -3), (-24, 5), (4, 5), (4, 5), (4, 5)]  # labels right of P, above-left of P+D: no overlap
     for scenario, marker, offset in zip(pruned, "osD^v", offsets):
@@ -130,16 +130,14 @@ def plot(lines: list[dict], task: str, metric: str, majority: float, threshold: 
 def table(lines: list[dict], rows: list[dict], metric: str, majority: float, threshold: float) -> str:
     precisions = ", ".join(sorted({r["precision"] for r in rows}))
     out = [f"`benchmarks/sparsity_curve.py` over {len(rows)} runs (training precision: {precisions}). Dev {metric} in "
-           f"percent; majority class {majority:.1f}; significantly above it (p < 0.05) from {threshold:.1f}.", "",
-           f"| recipe | target sparsity | encoder weights (M) | dev {metric}, mean ± std | seeds | runs above the majority class (p < 0.05) |",
+           f"percent; majority class {majority:.1f}; significantly above it (p < {ALPHA:g}) from {threshold:.1f}.", "",
+           f"| recipe | target sparsity | encoder weights (M) | dev {metric}, mean ± std | seeds | runs above the majority class (p < {ALPHA:g}) |",
            "|---|---|---|---|---|---|"]
     for l in lines:
         spread = f" ± {l['std']:.1f}" if l["std"] is not None else ""
         target = f"{l['sparsity']:.0%}" if l["sparsity"] is not None else "—"
         out.append(f"| {l['scenario']} | {target} | {l['weights'] / 1e6:.2f} | {l['mean']:.1f}{spread} | {l['n']} | {l['passed']} of {l['n']} |")
     out += ["", "| run | " + " | ".join(sorted(rows[0]["metrics"])) + " | p |", "|---|" + "---|" * (len(rows[0]["metrics"]) + 1)]
-    from pda.analysis.frame import recipe_sort_key
-
     for r in sorted(rows, key=lambda r: (recipe_sort_key(r["scenario"], r["sparsity"]), r["seed"])):
         p = f"{r['p']:.3f}" if r["p"] >= 0.001 else "< 0.001"
         out.append(f"| {r['run_id']} | " + " | ".join(f"{r['metrics'][k]:.1f}" for k in sorted(r["metrics"])) + f" | {p} |")
@@ -164,8 +162,9 @@ def main() -> None:
     lines = summarise(rows, metric)
     published = TURC_2019_MRPC_TEST if args.task == "mrpc" and not args.no_published else None
     plot(lines, args.task, metric, majority, threshold, published, args.out / f"{args.task}-sparsity-curve.png")
-    (args.out / f"{args.task}-sparsity-curve.md").write_text(table(lines, rows, metric, majority, threshold), encoding="utf-8")
-    print(table(lines, rows, metric, majority, threshold))
+    text = table(lines, rows, metric, majority, threshold)
+    (args.out / f"{args.task}-sparsity-curve.md").write_text(text, encoding="utf-8")
+    print(text)
 
 
 if __name__ == "__main__":
