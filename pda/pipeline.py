@@ -27,7 +27,7 @@ from pda.precision import autocast, precision_info, resolve_precision
 from pda.models import load_pretrained_for_task, load_tokenizer, resolve_model_source, task_head_prefixes
 from pda.records import RunRecord, atomic_write_text, write_record
 from pda.runs import MODEL_DIR, RunSpec, dependencies, is_done, move_aside, parent_of, run_dir, run_state, teacher_of
-from pda.tasks import TaskSpec, get_task
+from pda.tasks import CUSTOM_GROUP, TaskSpec, get_task, spec_to_dict
 from pda.train import fit, make_loader, model_inputs, pick_device, predict, seed_everything, task_loss
 
 
@@ -58,7 +58,7 @@ class TaskData:
 
 
 def prepare_data(cfg: RunConfig, tokenizer) -> TaskData:
-    study, task = cfg.study, get_task(cfg.task)
+    study, task = cfg.study, cfg.study.task(cfg.task)
     source = locate_task(task, study.data_dir, study.online)
     full_train = load_split(task, "train", source)
     train = subsample(full_train, study.max_train_samples, study.data_seed)
@@ -69,7 +69,7 @@ def prepare_data(cfg: RunConfig, tokenizer) -> TaskData:
         transfer_from = 2 * len(full_train)  # past the task's rows and their swapped copies, in every run
         sources = []
         for name in transfer_tasks_of(cfg):
-            other = get_task(name)
+            other = study.task(name)
             rows = load_split(other, "train", locate_task(other, study.data_dir, study.online))
             sources.append((other, subsample(rows, study.max_train_samples, study.data_seed), len(rows)))
         extra = transfer_rows(task, sources, transfer_from).cast(train.features)
@@ -352,7 +352,7 @@ def run(cfg: RunConfig, with_dependencies: bool = False) -> RunRecord:
         model=study.model if study.model != "embedded" else f"embedded:{Path(resolve_model_source(study.model)).parent.name}",
         teacher_run_id=teacher_of(spec).run_id if teacher_of(spec) else None,
         parent_run_id=parent_of(spec).run_id if parent_of(spec) else None,
-        main_metric=task.main_metric, main_metric_value=metrics.get(task.main_metric), metrics=metrics,
+        task_spec=spec_to_dict(task) if task.group == CUSTOM_GROUP else None, main_metric=task.main_metric, main_metric_value=metrics.get(task.main_metric), metrics=metrics,
         train_time_s=round(history.train_time_s, 3), eval_time_s=round(eval_time, 3), train_steps=history.steps,
         energy={"train": train_energy.to_dict() if train_energy else None,
                 "inference": inf_energy.to_dict() if inf_energy else None},

@@ -33,9 +33,11 @@ from pda.config import (
     EMBEDDED_MODEL, SCENARIOS, ConfigError, StudyConfig, check_data, effective_settings, for_run, load_params,
     share_cores, transfer_tasks_of,
 )
+from pda.data import locate_task, split_file
 from pda.records import read_record
 from pda.runs import RunSpec, dependencies, expand_grid, runs_dir
-from pda.tasks import TaskSpec, get_task
+from pda.tasks import TaskSpec
+from pda.validate import check_file
 
 DEFAULT_OVERHEAD_S = 60.0  # measured 45-70 s per run for the default study on a 2-core CPU
 FORWARD_COST = 1 / 3  # a forward pass per example, relative to a training step's forward + backward
@@ -74,19 +76,27 @@ class StepTime:
         return est.work * seconds + self.overhead_s
 
 
-def train_rows(task: TaskSpec, max_train_samples: int | None) -> int:
-    rows = dict(task.official_rows)["train"]
-    return min(rows, max_train_samples) if max_train_samples else rows
+def split_rows(task: TaskSpec, study: StudyConfig) -> dict[str, int]:
+    """Rows per split: GLUE's official counts, or for a study's own task the rows its files hold."""
+    if task.official_rows:
+        return dict(task.official_rows)
+    folder = locate_task(task, study.data_dir, study.online).folder
+    return {split: check_file(task, split_file(task, folder, split)).rows for split in ("train", *task.dev_splits)}
+
+
+def train_rows(task: TaskSpec, study: StudyConfig) -> int:
+    rows = split_rows(task, study)["train"]
+    return min(rows, study.max_train_samples) if study.max_train_samples else rows
 
 
 def own_rows(task: TaskSpec, study: StudyConfig) -> int:
     """The task's own training rows a run reads: capped, and doubled when each pair also comes swapped."""
-    return train_rows(task, study.max_train_samples) * (2 if study.training.swap_pairs else 1)
+    return train_rows(task, study) * (2 if study.training.swap_pairs else 1)
 
 
-def dev_rows(task: TaskSpec, max_eval_samples: int | None) -> int:
-    rows = dict(task.official_rows)
-    return sum(min(rows[s], max_eval_samples) if max_eval_samples else rows[s] for s in task.dev_splits)
+def dev_rows(task: TaskSpec, study: StudyConfig) -> int:
+    rows, cap = split_rows(task, study), study.max_eval_samples
+    return sum(min(rows[s], cap) if cap else rows[s] for s in task.dev_splits)
 
 
 def fit_steps(batches_per_epoch: int, epochs: float) -> int:
@@ -101,14 +111,14 @@ def evals_during(steps: int, every: int) -> int:
 
 def estimate_run(cfg: StudyConfig, spec: RunSpec) -> RunEstimate:
     run = for_run(cfg, spec.task, spec.scenario, spec.sparsity, spec.seed)
-    study, task, flags = run.study, get_task(spec.task), SCENARIOS[spec.scenario]
+    study, task, flags = run.study, run.study.task(spec.task), SCENARIOS[spec.scenario]
     t = study.training
-    transfer = sum(train_rows(get_task(name), study.max_train_samples) for name in transfer_tasks_of(run))
+    transfer = sum(train_rows(study.task(name), study) for name in transfer_tasks_of(run))
     rows = own_rows(task, study) + transfer
     batches = math.ceil(rows / t.batch_size)
     phases = ([study.pruning.epochs, study.pruning.finetune_epochs] if flags["prune"] else [t.epochs])
     steps = [fit_steps(batches, e) for e in phases]
-    forward_rows = sum(evals_during(s, t.eval_every_steps) for s in steps) * dev_rows(task, study.max_eval_samples)
+    forward_rows = sum(evals_during(s, t.eval_every_steps) for s in steps) * dev_rows(task, study)
     forward_rows += transfer  # the teacher labels its transfer set, in this run (pipeline.label_transfer_rows)
     students = (for_run(cfg, spec.task, s, sp, spec.seed)
                 for s in cfg.scenarios for sp in (cfg.sparsities if SCENARIOS[s]["prune"] else [None]))
@@ -208,7 +218,7 @@ def mean_batch_length(cfg: StudyConfig, task: TaskSpec, tokenizer, batch_size: i
     """Mean padded length of the training batches a run of ``task`` sees: its training rows tokenized and
     batched as the runs batch them (length-grouped when ``training.group_by_length``), over at most 50
     batches' worth of rows; None when the rows are only on the hub (a plan downloads nothing)."""
-    from pda.data import load_split, locate_task, subsample, tokenize
+    from pda.data import load_split, subsample, tokenize
     from pda.train import make_loader
 
     study = effective_settings(cfg, task.name)
@@ -242,7 +252,7 @@ def time_training_steps(cfg: StudyConfig, model: str, threads: int, steps: int =
     per_task, lengths, missing = {}, {}, []
     try:
         for name in cfg.tasks:
-            task = get_task(name)
+            task = cfg.task(name)
             batch_size = for_run(cfg, name, "FT", None, 0).study.training.batch_size
             length = mean_batch_length(cfg, task, tokenizer, batch_size)
             if length is None:  # rows only on the hub: the padded length, an upper bound
@@ -359,7 +369,7 @@ def steps_section(cfg: StudyConfig, estimates: list[RunEstimate]) -> list[str]:
     rows = []
     for t in cfg.tasks:
         study = effective_settings(cfg, t)  # the task's settings; a scenario's own budget shows in its cell
-        task_rows = own_rows(get_task(t), study)
+        task_rows = own_rows(study.task(t), study)
         batch = study.training.batch_size
         epochs = f"{study.training.epochs:g} / {study.pruning.epochs:g}+{study.pruning.finetune_epochs:g}"
         rows.append([t, task_rows, batch, math.ceil(task_rows / batch), epochs,

@@ -24,6 +24,8 @@ class RunRecord:
 
     Nested dictionaries keep the JSON readable; their keys are documented here.
 
+    - ``task_spec``: for a study's own task (``custom_tasks``) how its files are read and scored
+      (``pda.tasks.spec_to_dict``), so an export needs no parameter file; None for GLUE's tasks.
     - ``metrics``: every GLUE metric of the task on the dev split, in percent
       (e.g. ``{"accuracy": 84.1, "f1": 88.0}``; MNLI uses ``accuracy_m``/``accuracy_mm``).
     - ``params``: ``{"total", "encoder", "embeddings", "trainable"}`` counts of
@@ -87,6 +89,7 @@ class RunRecord:
     model: str
     teacher_run_id: str | None = None
     parent_run_id: str | None = None
+    task_spec: dict[str, Any] | None = None
     main_metric: str | None = None
     main_metric_value: float | None = None
     metrics: dict[str, float] = dataclasses.field(default_factory=dict)

@@ -170,7 +170,6 @@ def _time_groups(cfg: StudyConfig, runs: list[tuple[Path, RunRecord, MeasureConf
     """Time ``runs`` (folder, record, settings) grouped by task and settings; skip those already timed so."""
     from pda.models import load_pretrained_for_task
     from pda.pipeline import configure_environment, onnx_cache_dir
-    from pda.tasks import get_task
     from pda.train import pick_device
 
     configure_environment(cfg.online)
@@ -185,7 +184,7 @@ def _time_groups(cfg: StudyConfig, runs: list[tuple[Path, RunRecord, MeasureConf
     done = []
     for (task, _), (m, group) in groups.items():
         start = time.perf_counter()
-        reference = checkpoint.deployable_model(load_pretrained_for_task(cfg.model, get_task(task)).to(device))
+        reference = checkpoint.deployable_model(load_pretrained_for_task(cfg.model, cfg.task(task)).to(device))
         written = retime_group(group, reference, m, onnx_cache_dir(cfg), device, source)
         log(f"{task}: {len(group)} run(s) timed in {time.perf_counter() - start:.0f} s")
         for run, out in written.items():

@@ -11,8 +11,6 @@ from pathlib import Path
 from pda.tasks import TaskSpec
 
 MAX_PROBLEMS_PER_FILE = 5
-# Regression targets and their range; STS-B similarity is graded from 0 (unrelated) to 5 (equivalent).
-SCORE_RANGES: dict[str, tuple[float, float]] = {"stsb": (0.0, 5.0)}
 _BOM = b"\xef\xbb\xbf"
 
 
@@ -70,7 +68,7 @@ def _label_fault(task: TaskSpec, value: str) -> str | None:
         score = float(value)
     except ValueError:
         return f"score {value!r} is not a number"
-    low, high = SCORE_RANGES.get(task.name, (-math.inf, math.inf))
+    low, high = task.score_range or (-math.inf, math.inf)  # STS-B: graded from 0 (unrelated) to 5 (equivalent)
     if not math.isfinite(score) or not low <= score <= high:
         return f"score {value!r} is outside [{low:g}, {high:g}]"
     return None

@@ -18,7 +18,6 @@ from pda.config import RunConfig, StudyConfig
 from pda.data import load_split, locate_task
 from pda.records import RunRecord
 from pda.runs import run_dir, run_id
-from pda.tasks import get_task
 
 
 def describe_run(cfg: RunConfig) -> str:
@@ -46,7 +45,7 @@ def data_overview(study: StudyConfig) -> "Table":
     """Rows per split next to the official count, and the majority-class share."""
     rows = []
     for name in study.tasks:
-        task = get_task(name)
+        task = study.task(name)
         source = locate_task(task, study.data_dir, study.online)
         official = dict(task.official_rows)
         for split in ("train", *task.dev_splits):
@@ -55,7 +54,8 @@ def data_overview(study: StudyConfig) -> "Table":
             majority = None if task.is_regression else round(float(np.bincount(labels).max() / len(labels)) * 100, 1)
             rows.append({"task": name, "split": split, "rows": f"{len(ds):,}",
                          "official rows": NOT_MEASURED if official.get(split) is None else f"{official[split]:,}",
-                         "matches official": "yes" if len(ds) == official.get(split) else "NO",
+                         "matches official": (NOT_APPLICABLE if official.get(split) is None
+                                              else "yes" if len(ds) == official[split] else "NO"),
                          "majority class (%)": NOT_APPLICABLE if majority is None else f"{majority:.1f}"})
     return Table(pd.DataFrame(rows), "majority class: — for regression tasks")
 
@@ -67,7 +67,7 @@ def plot_token_lengths(study: StudyConfig):
     tokenizer = load_tokenizer(study.model)
     fig, axes = plt.subplots(1, len(study.tasks), figsize=(4.5 * len(study.tasks), 3.2), squeeze=False)
     for ax, name in zip(axes[0], study.tasks):
-        task = get_task(name)
+        task = study.task(name)
         ds = load_split(task, "train", locate_task(task, study.data_dir, study.online))
         ds = ds.select(range(min(len(ds), 2000)))
         texts = [list(ds[f]) for f in task.text_fields]

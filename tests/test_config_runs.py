@@ -8,7 +8,7 @@ import os
 import pytest
 
 from pda import fingerprint, records
-from pda.config import ConfigError, for_run, load_params, share_cores
+from pda.config import SCENARIOS, ConfigError, for_run, load_params, share_cores
 from pda.records import RunRecord, atomic_write_text, read_all_records, write_record
 from pda.runs import RunSpec, dependencies, expand_grid, run_dir, run_id
 from pda.study import Outcome, execute_run, run_serial
@@ -54,6 +54,23 @@ def test_the_sparsity_curve_reuses_the_default_studys_runs_and_finetunes_between
     assert finetune("P", 0.6) != finetune("P", 0.9)
     assert finetune("P+D", 0.8) == finetune("P", 0.85) == finetune("P", 0.9)
     assert finetune("P", 0.7) == finetune("P+D", 0.7) == finetune("P", 0.6)
+
+
+def test_the_own_task_template_runs_sst2_s_recipes_with_the_default_study_s_settings(glue_dir, monkeypatch):
+    """parameters/own_task.yaml reads SST-2's files as a task of its own: its runs must read the settings the
+    default study's SST-2 runs read, so its numbers check the own-task path against the SST-2 column."""
+    from tests.conftest import ROOT
+
+    monkeypatch.setenv("PDA_GLUE_DIR", str(glue_dir))
+    default = load_params(ROOT / "parameters" / "default.yaml")
+    own = load_params(ROOT / "parameters" / "own_task.yaml")
+    assert own.tasks == ["movie_reviews"] and own.output_dir != default.output_dir
+    assert (own.scenarios, own.sparsities, own.seeds) == (default.scenarios, default.sparsities, default.seeds)
+    for scenario in own.scenarios:
+        for sparsity in own.sparsities if SCENARIOS[scenario]["prune"] else [None]:
+            mine, glue = for_run(own, "movie_reviews", scenario, sparsity, 0), for_run(default, "sst2", scenario, sparsity, 0)
+            assert fingerprint.run_settings(mine) == fingerprint.run_settings(glue), (scenario, sparsity)
+            assert fingerprint.data_files(mine)["files"] == fingerprint.data_files(glue)["files"]
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ from pda.__main__ import main
 from pda.checkpoint import MODELING_FILE, deployable_model, load_model, save_model
 from pda.modeling_pda_bert import PdaBertForSequenceClassification
 from pda.records import RunRecord, write_record
+from pda.tasks import get_task
 
 torch.set_num_threads(1)
 SHAPES = ((1, 5), (2, 9), (4, 17), (32, 40))  # traced at (2, 9): other sizes must not be baked in
@@ -123,7 +124,7 @@ def test_export_remeasures_dev_metrics_and_fp32_onnx_matches_torch(exported: Pat
     info = json.loads((exported / "export.json").read_text())
     dev = info["dev"]
     assert dev["rows"] == {"dev": 408}  # the full MRPC dev split
-    data = export.dev_data("mrpc", run_dir / "model", None, 128)
+    data = export.dev_data(get_task("mrpc"), run_dir / "model", None, 128)
     torch_metrics = evaluate(load_model(run_dir / "model"), data, 64, torch.device("cpu"))
     assert dev["metrics_onnx_fp32"] == pytest.approx(torch_metrics, abs=1e-9)
     assert set(dev["metrics_onnx_int8"]) == {"accuracy", "f1"}

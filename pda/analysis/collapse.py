@@ -58,7 +58,8 @@ def tested_score(row: pd.Series) -> tuple[str, float] | None:
     """('matthews', MCC) when the run's main metric is Matthews, ('pearson', r) for regression, else
     ('accuracy', dev accuracy; MNLI: matched); None if the record has none of them."""
     main = row.get("main_metric")
-    columns = (("metric_matthews",) if main == "matthews" else ("metric_pearson",) if main == "pearson_spearman_mean"
+    columns = (("metric_matthews",) if main == "matthews"
+               else ("metric_pearson",) if main in ("pearson", "spearman", "pearson_spearman_mean")
                else ("metric_accuracy", "metric_accuracy_m"))
     for column in columns:
         if column in row.index and not is_missing(row[column]):
