@@ -299,6 +299,11 @@ def check_sparsity(value: Any) -> float:
 def _check_grid(cfg: StudyConfig) -> None:
     """Tasks, scenarios, sparsities and seeds: known names, valid values, nothing empty."""
     own = cfg.own_tasks()  # a bad custom_tasks entry raises here, naming its key
+    for name in own:  # an override key names a task, a group, a scenario or a sparsity: never two of them
+        if name in {s.lower() for s in SCENARIOS} | {g.lower() for g in GROUPS} or is_sparsity_key(name):
+            raise ConfigError(f"custom_tasks key {name!r} is also the name of a scenario, a group or a sparsity "
+                              f"({list(SCENARIOS)}, {list(GROUPS)}, spNN), so an override key could not tell "
+                              "them apart: give your task another name")
     for task in _check_list("tasks", cfg.tasks):
         try:
             get_task(task, own)

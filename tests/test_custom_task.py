@@ -109,6 +109,9 @@ def test_a_study_of_its_own_tasks_validates_and_overrides_apply(own_study):
         own_study(overrides={"reviews": {"custom_tasks": {}}})
     with pytest.raises(config.ConfigError, match=r"overrides key 'reveiws' is not .*'reviews'"):
         own_study(overrides={"reveiws": {"training": {"epochs": 2}}})
+    for name in ("base", "custom", "sp90"):
+        with pytest.raises(config.ConfigError, match=rf"custom_tasks key '{name}' is also the name of a scenario"):
+            own_study(tasks=[name], custom_tasks={name: REVIEWS})
     with pytest.raises(config.ConfigError, match=r"custom_tasks.reviews.labels"):
         own_study(custom_tasks={"reviews": {**REVIEWS, "labels": ["good"]}, "similar": SIMILAR})
 
