@@ -46,6 +46,9 @@ def glue_metrics(task: TaskSpec, predictions: Sequence, references: Sequence) ->
     out = {"accuracy": _percent(accuracy_score(refs, preds))}
     if "f1" in task.metrics:
         out["f1"] = _percent(f1_score(refs, preds))
+    if "f1_macro" in task.metrics:  # a task of your own with several classes: each class's F1 counts the same
+        out["f1_macro"] = _percent(f1_score(refs, preds, average="macro", labels=range(task.num_labels),
+                                            zero_division=0.0))
     if "matthews" in task.metrics:
         out = {"matthews": _percent(matthews_corrcoef(refs, preds)), **out}
     return out

@@ -16,7 +16,7 @@ from typing import Any
 GLUE_LOW = ("mrpc", "rte", "stsb", "cola")
 GLUE_HIGH = ("mnli", "qqp", "qnli", "sst2")
 CUSTOM_GROUP = "custom"  # the override group of every task a parameter file defines
-CLASSIFICATION_METRICS = ("accuracy", "f1", "matthews")  # f1: of the second label, as GLUE's MRPC / QQP
+CLASSIFICATION_METRICS = ("accuracy", "f1", "f1_macro", "matthews")  # f1: the second label's, as GLUE's MRPC / QQP
 REGRESSION_METRICS = ("pearson", "spearman", "pearson_spearman_mean")
 CUSTOM_TASK_KEYS = ("folder", "text_columns", "label_column", "labels", "main_metric", "metrics", "header",
                     "order_free", "score_range")
@@ -175,7 +175,7 @@ def custom_task(name: str, settings: Mapping[str, Any]) -> TaskSpec:
         raise ValueError(f"{where}.metrics must list some of {list(valid)}, got {metrics!r}")
     if "f1" in metrics and len(labels) != 2:
         raise ValueError(f"{where}.metrics has f1, the F1 of the second label of two; {name} has {len(labels)} "
-                         f"labels: use accuracy or matthews")
+                         f"labels: use f1_macro (the mean of every class's F1), accuracy or matthews")
     # accuracy comes with every classification task (the collapse test reads it), all three correlations with
     # every regression task
     metrics = sorted({"accuracy", *metrics}, key=CLASSIFICATION_METRICS.index) if labels else list(REGRESSION_METRICS)

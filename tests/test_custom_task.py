@@ -10,6 +10,7 @@ import pytest
 from pda import config, export, fingerprint, pipeline
 from pda.baselines import majority_baselines
 from pda.data import load_split, locate_task
+from pda.metrics import glue_metrics
 from pda.plan import estimate_run
 from pda.runs import RunSpec, run_dir
 from pda.tasks import CUSTOM_GROUP, custom_task, get_task
@@ -80,9 +81,9 @@ DROP = object()  # a key the entry leaves out
     ("reviews", {"labels": DROP}, r"custom_tasks.reviews lacks labels"),
     ("reviews", {"labels": None}, r"labels must list two or more"),
     ("reviews", {"labels": ["good"]}, r"labels must list two or more"),
-    ("reviews", {"labels": ["bad", "good", "mixed"]}, r"f1, the F1 of the second label of two"),
+    ("reviews", {"labels": ["bad", "good", "mixed"]}, r"f1, the F1 of the second label of two.*use f1_macro"),
     ("reviews", {"main_metric": "matthews"}, r"main_metric 'matthews' is not among its metrics"),
-    ("reviews", {"metrics": ["pearson"]}, r"metrics must list some of \['accuracy', 'f1', 'matthews'\]"),
+    ("reviews", {"metrics": ["pearson"]}, r"metrics must list some of \['accuracy', 'f1', 'f1_macro', 'matthews'\]"),
     ("reviews", {"text_columns": [1]}, r"text_columns must list one or two column names"),
     ("reviews", {"label_column": "review"}, r"label_column must be one of the column names"),
     ("reviews", {"folder": "../Reviews"}, r"folder must name one folder"),
@@ -165,6 +166,18 @@ def test_own_tasks_train_prune_score_and_export_end_to_end(own_study, own_data):
     assert info["dev"]["rows"] == {"dev": 64} and set(info["dev"]["metrics_onnx_fp32"]) == {"accuracy", "f1"}
     assert "for the task **REVIEWS**" in (out / "README.md").read_text()
     assert json.loads((out / "config.json").read_text())["id2label"] == {"0": "bad", "1": "good"}
+
+
+def test_several_classes_score_macro_f1_over_every_class():
+    task = custom_task("tickets", {"folder": "Tickets", "text_columns": ["body"], "label_column": "queue",
+                                   "labels": ["billing", "bug", "other"], "metrics": ["f1_macro", "matthews"],
+                                   "main_metric": "f1_macro"})
+    assert task.metrics == ("accuracy", "f1_macro", "matthews")
+    got = glue_metrics(task, [0, 1, 1, 1, 2, 0], [0, 0, 1, 1, 2, 2])
+    assert got["f1_macro"] == pytest.approx(100 * (0.5 + 0.8 + 2 / 3) / 3, abs=1e-3)  # classes 0, 1, 2 by hand
+    assert got["accuracy"] == pytest.approx(100 * 4 / 6, abs=1e-3)
+    constant = glue_metrics(task, [0] * 6, [0, 0, 1, 1, 2, 2])  # the classes it never predicts count as F1 0
+    assert constant["f1_macro"] == pytest.approx(100 * 0.5 / 3, abs=1e-3) and constant["matthews"] == 0.0
 
 
 def test_sst2_read_as_an_own_task_scores_as_sst2(make_params):

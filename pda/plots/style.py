@@ -26,7 +26,7 @@ STYLE: dict[str, Any] = {
 
 
 METRIC_LABELS: dict[str, str] = {
-    "accuracy": "accuracy (%)", "f1": "F1 (%)", "matthews": "Matthews correlation (×100)",
+    "accuracy": "accuracy (%)", "f1": "F1 (%)", "f1_macro": "macro F1 (%)", "matthews": "Matthews correlation (×100)",
     "pearson": "Pearson r (×100)", "spearman": "Spearman ρ (×100)",
     "pearson_spearman_mean": "Pearson/Spearman mean (×100)",
 }
