@@ -141,6 +141,17 @@ def test_a_glue_run_keeps_its_fingerprint_and_an_own_task_run_tracks_its_setting
     assert fingerprint.data_files(before)["task"]["labels"] == ["bad", "good"]
 
 
+def test_an_own_task_lends_its_rows_as_a_transfer_set_of_its_shape(own_study):
+    study = own_study(tasks=["mrpc", "similar"], scenarios=["FT", "D"],
+                      overrides={"mrpc/D": {"distill": {"transfer_tasks": ["similar"]}}})
+    run = config.for_run(study, "mrpc", "D", None, 0)
+    assert config.transfer_tasks_of(run) == ["similar"]
+    assert fingerprint.data_files(run)["transfer"]["similar"]["task"]["tsv_text_columns"] == [1, 2]
+    with pytest.raises(config.ConfigError, match=r"lists reviews, whose rows have 1 text field\(s\).*mrpc's have 2"):
+        own_study(tasks=["mrpc", "reviews"], scenarios=["FT", "D"],
+                  overrides={"mrpc/D": {"distill": {"transfer_tasks": ["reviews"]}}})
+
+
 def test_plan_counts_an_own_task_s_rows_from_its_files(own_study):
     study = own_study(max_train_samples=None)
     assert estimate_run(study, RunSpec("reviews", "FT", None, 0)).train_rows == 200
