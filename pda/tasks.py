@@ -119,8 +119,8 @@ def get_task(name: str, custom: Mapping[str, TaskSpec] | None = None) -> TaskSpe
     key = str(name).lower().replace("-", "")
     known = {**TASKS, **(custom or {})}
     if key not in known:
-        own = f"; or define it under custom_tasks: in the parameter file (README, *Your own task*)"
-        raise ValueError(f"unknown GLUE task {name!r}; valid tasks: {sorted(known)}{own}")
+        raise ValueError(f"unknown GLUE task {name!r}; valid tasks: {sorted(known)}; or define it under "
+                         "custom_tasks: in the parameter file (README, *Your own task*)")
     return known[key]
 
 
@@ -154,9 +154,10 @@ def custom_task(name: str, settings: Mapping[str, Any]) -> TaskSpec:
     column = (int,) if not header else (str,)
     described = "column indices (0 = first)" if not header else "column names of the header line"
     texts, label = settings["text_columns"], settings["label_column"]
-    if (not isinstance(texts, list) or len(texts) not in (1, 2)
+    if (not isinstance(texts, list) or len(texts) not in (1, 2) or len(set(texts)) != len(texts)
             or not all(isinstance(c, column) and not isinstance(c, bool) for c in texts)):
-        raise ValueError(f"{where}.text_columns must list one or two {described} (one text, or a pair), got {texts!r}")
+        raise ValueError(f"{where}.text_columns must list one or two distinct {described} (one text, or a pair), "
+                         f"got {texts!r}")
     if not isinstance(label, column) or isinstance(label, bool) or label in texts:
         raise ValueError(f"{where}.label_column must be one of the {described}, other than a text column, "
                          f"got {label!r}")
@@ -167,6 +168,9 @@ def custom_task(name: str, settings: Mapping[str, Any]) -> TaskSpec:
     if not isinstance(labels, list) or len(labels) == 1 or len(set(map(str, labels))) != len(labels):
         raise ValueError(f"{where}.labels must list two or more distinct label strings, or be [] for a regression "
                          f"task, got {labels!r}")
+    if any(isinstance(x, bool) or not isinstance(x, (str, int)) for x in labels):
+        raise ValueError(f"{where}.labels must spell the labels as the file does, got {labels!r}; quote them: YAML "
+                         "reads yes / no / on / off as true / false and 1.0 as a number")
     labels = tuple(str(x) for x in labels)
     valid = REGRESSION_METRICS if not labels else CLASSIFICATION_METRICS
     default_main = "pearson_spearman_mean" if not labels else "accuracy"

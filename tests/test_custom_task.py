@@ -81,15 +81,17 @@ DROP = object()  # a key the entry leaves out
     ("reviews", {"labels": DROP}, r"custom_tasks.reviews lacks labels"),
     ("reviews", {"labels": None}, r"labels must list two or more"),
     ("reviews", {"labels": ["good"]}, r"labels must list two or more"),
+    ("reviews", {"labels": [True, False]}, r"quote them: YAML reads yes / no"),
+    ("reviews", {"text_columns": ["review", "review"]}, r"text_columns must list one or two distinct"),
     ("reviews", {"labels": ["bad", "good", "mixed"]}, r"f1, the F1 of the second label of two.*use f1_macro"),
     ("reviews", {"main_metric": "matthews"}, r"main_metric 'matthews' is not among its metrics"),
     ("reviews", {"metrics": ["pearson"]}, r"metrics must list some of \['accuracy', 'f1', 'f1_macro', 'matthews'\]"),
-    ("reviews", {"text_columns": [1]}, r"text_columns must list one or two column names"),
+    ("reviews", {"text_columns": [1]}, r"text_columns must list one or two distinct column names"),
     ("reviews", {"label_column": "review"}, r"label_column must be one of the column names"),
     ("reviews", {"folder": "../Reviews"}, r"folder must name one folder"),
     ("reviews", {"score_range": [0, 1]}, r"score_range must be \[low, high\].*regression"),
     ("reviews", {"order_free": True}, r"order_free .* true only for a pair"),
-    ("similar", {"text_columns": ["a", "b"]}, r"text_columns must list one or two column indices"),
+    ("similar", {"text_columns": ["a", "b"]}, r"text_columns must list one or two distinct column indices"),
 ])
 def test_a_bad_custom_task_is_refused_naming_the_value(name, change, message):
     settings = {k: v for k, v in {**(SIMILAR if name == "similar" else REVIEWS), **change}.items() if v is not DROP}
