@@ -27,7 +27,7 @@ from pda.precision import autocast, precision_info, resolve_precision
 from pda.models import load_pretrained_for_task, load_tokenizer, resolve_model_source, task_head_prefixes
 from pda.records import RunRecord, atomic_write_text, write_record
 from pda.runs import MODEL_DIR, RunSpec, dependencies, is_done, move_aside, parent_of, run_dir, run_state, teacher_of
-from pda.tasks import CUSTOM_GROUP, TaskSpec, get_task, spec_to_dict
+from pda.tasks import CUSTOM_GROUP, TaskSpec, spec_to_dict
 from pda.train import fit, make_loader, model_inputs, pick_device, predict, seed_everything, task_loss
 
 

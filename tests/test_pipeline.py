@@ -11,6 +11,7 @@ import torch
 from pda import checkpoint, config, fingerprint, pipeline
 from pda.pruning import encoder_weight_count, structure_full_weights
 from pda.runs import run_dir
+from pda.tasks import get_task
 
 TINY = dict(max_train_samples=32, max_eval_samples=32, max_seq_length=48,
             training={"epochs": 1, "batch_size": 16, "log_every_steps": 1},
@@ -47,7 +48,7 @@ def test_adapter_run_trains_only_adapters_head_and_as_houlsby_the_layer_norms(ma
     model = checkpoint.load_model(run_dir(study, rec.run_id) / "model")
     names = {n for n, _ in model.named_parameters()}
     assert any(".adapters.pda." in n for n in names)
-    pretrained = pipeline.load_pretrained_for_task(study.model, pipeline.get_task("mrpc")).state_dict()
+    pretrained = pipeline.load_pretrained_for_task(study.model, get_task("mrpc")).state_dict()
     changed = {n for n, p in model.state_dict().items() if n in pretrained and not torch.equal(p, pretrained[n])}
     norms = {n for n in pretrained if "LayerNorm" in n}
     head = {"classifier.weight", "classifier.bias"} | ({"bert.pooler.dense.weight", "bert.pooler.dense.bias"}
@@ -62,7 +63,7 @@ def test_base_probe_trains_the_head_adapters_train_and_nothing_else(make_params,
     study = config.load_params(make_params(**TINY, adapters={"train_pooler": pooler}))
     rec = pipeline.run(config.for_run(study, "mrpc", "base", None, 0))
     model = checkpoint.load_model(run_dir(study, rec.run_id) / "model")
-    pretrained = pipeline.load_pretrained_for_task(study.model, pipeline.get_task("mrpc")).state_dict()
+    pretrained = pipeline.load_pretrained_for_task(study.model, get_task("mrpc")).state_dict()
     changed = {n for n, p in model.state_dict().items() if not torch.equal(p, pretrained[n])}
     head = {"classifier.weight", "classifier.bias"} | ({"bert.pooler.dense.weight", "bert.pooler.dense.bias"}
                                                        if pooler else set())
