@@ -309,7 +309,7 @@ def _check_grid(cfg: StudyConfig) -> None:
             get_task(task, own)
         except ValueError as err:  # names the task and lists the valid ones
             raise ConfigError(f"tasks lists an {err}") from None
-    cfg.tasks = [cfg.task(t).name for t in cfg.tasks]
+    cfg.tasks = [get_task(t, own).name for t in cfg.tasks]
     bad = [s for s in _check_list("scenarios", cfg.scenarios) if s not in SCENARIOS]
     if bad:
         raise ConfigError(f"unknown scenario(s) {bad}; valid scenarios: {list(SCENARIOS)}")
@@ -414,10 +414,11 @@ def _check_settings(cfg: StudyConfig) -> None:
 def _check_overrides(cfg: StudyConfig) -> None:
     """Each override, merged as a run sees it, passes the top level's checks; errors name the override."""
     _check_type("overrides", cfg.overrides, dict, "a mapping of task, group or scenario names to settings")
+    known = cfg.known_tasks()
     for key in sorted(cfg.overrides, key=lambda k: k not in GROUPS):  # groups first: a task's inherits them
-        chain = override_chain(str(key), cfg.known_tasks())
+        chain = override_chain(str(key), known)
         if chain is None:
-            raise ConfigError(f"overrides key {key!r} is not a group {sorted(GROUPS)}, a task {sorted(cfg.known_tasks())}, "
+            raise ConfigError(f"overrides key {key!r} is not a group {sorted(GROUPS)}, a task {sorted(known)}, "
                               f"a scenario {list(SCENARIOS)}, a target sparsity of pruned runs (e.g. 'sp90' "
                               "for 0.9), TASK/SCENARIO (e.g. 'mrpc/FT') or, for a pruned scenario, "
                               "TASK/SCENARIO/spNN (e.g. 'sst2/P/sp60')")
@@ -671,7 +672,8 @@ def effective_settings(cfg: StudyConfig, task: str) -> StudyConfig:
 def for_run(cfg: StudyConfig, task: str, scenario: str, sparsity: float | None, seed: int) -> RunConfig:
     """The config of one run: overrides of its group, scenario, target sparsity (``sp90``, pruned runs
     only), task, TASK/SCENARIO, then TASK/SCENARIO/spNN (pruned runs only), in that order."""
-    spec = cfg.task(task)
+    known = cfg.known_tasks()  # parsed once: the task's spec and the override chain both need it
+    spec = get_task(task, known)
     if scenario not in SCENARIOS:
         raise ConfigError(f"unknown scenario {scenario!r}; valid scenarios: {list(SCENARIOS)}")
     key = f"{spec.name}/{scenario}"
@@ -680,5 +682,5 @@ def for_run(cfg: StudyConfig, task: str, scenario: str, sparsity: float | None, 
         key = f"{key}/{sparsity_key(sparsity)}"
     else:
         sparsity = None
-    run_study = _merged(cfg, override_chain(key, cfg.known_tasks()))  # the most specific key's chain: the one order, defined once
+    run_study = _merged(cfg, override_chain(key, known))  # the most specific key's chain: the one order, defined once
     return RunConfig(study=run_study, task=spec.name, scenario=scenario, sparsity=sparsity, seed=int(seed), root=cfg)
