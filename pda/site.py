@@ -24,12 +24,20 @@ from pda.records import RESULT_FILE, atomic_write_text, read_record
 INDEX = "index.html"
 RUN_PAGE = "notebook.html"
 ANALYSIS_NOTEBOOK = Path("notebooks") / "99_analysis.ipynb"
-# JupyterLab's look without the scripts it would fetch from a CDN (require.js, MathJax, mermaid, widgets).
+# JupyterLab's look without the scripts it would fetch from a CDN (require.js, MathJax, mermaid, widgets); a
+# PNG output's alt text (IPython's ``Image(alt=...)``, which the lab template drops) on its <img>.
 OFFLINE_TEMPLATE = """{%- extends 'index.html.j2' -%}
 {%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
 {%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
 {%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
 {% block jupyter_widgets %}{% endblock jupyter_widgets %}
+{%- block data_png scoped -%}
+<div class="jp-RenderedImage jp-OutputArea-output {{ extra_class }}">
+{%- set alt = output | get_metadata('alt', 'image/png') %}
+<img src="data:image/png;base64,{{ output.data['image/png'] | escape_html }}"
+{%- if alt %} alt="{{ alt | escape_html }}"{% endif %}>
+</div>
+{%- endblock data_png -%}
 """
 
 

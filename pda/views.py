@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from html import escape
 from typing import Any
@@ -18,6 +19,20 @@ from pda.config import RunConfig, StudyConfig
 from pda.data import load_split, locate_task
 from pda.records import RunRecord
 from pda.runs import run_dir, run_id
+
+
+def show_figure(fig, dpi: int = 100):
+    """``fig`` as a PNG image whose alt text describes it (``pda.plots.style.describe_figure``), for a
+    notebook to display; the figure is closed so it shows once. The HTML pages keep the description."""
+    from IPython.display import Image
+
+    from pda.plots.style import describe_figure
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    alt = describe_figure(fig)
+    plt.close(fig)
+    return Image(data=buffer.getvalue(), format="png", alt=alt)
 
 
 def describe_run(cfg: RunConfig) -> str:

@@ -171,8 +171,43 @@ def test_index_html_links_every_run_and_opens_offline(tiny_study) -> None:
         text = page.read_text(encoding="utf-8")
         assert 'href="../../index.html"' in text and "data:image/png;base64," in text  # back link, inline figures
         assert not re.search(r"""<(?:script|link)[^>]+(?:src|href)=["']https?:""", text)
+        assert _alt_texts(text) and "No description" not in text  # every figure described, none by nbconvert
     assert index.count("data:image/png;base64,") >= 6  # the six figures, inline
     assert not re.search(r"""<(?:script|link)[^>]+(?:src|href)=["']https?:""", index)  # nothing fetched
+    alts = _alt_texts(index)
+    assert len(alts) == index.count("<img") >= 6 and "No description" not in index
+    assert any(alt.startswith("Dev-set") or "against" in alt for alt in alts), alts  # the figure's own labels
+
+
+def _alt_texts(html: str) -> list[str]:
+    """The alt text of every <img>, failing on an <img> without one."""
+    tags = re.findall(r"<img\b[^>]*>", html)
+    alts = [re.search(r'alt="([^"]*)"', tag) for tag in tags]
+    assert all(alts), [tag[:80] for tag, alt in zip(tags, alts) if not alt]
+    return [alt.group(1) for alt in alts]
+
+
+def test_a_saved_figure_carries_its_description_and_a_shown_one_its_alt_text(tmp_path) -> None:
+    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+
+    from pda import plots, views
+
+    fig = Figure()
+    fig.suptitle("Speed-up  by scenario\nn = 3 seeds")
+    left, right = fig.subplots(1, 2)
+    left.set(title="batch size 1", xlabel="scenario", ylabel="speed-up (×)")
+    right.set(title="batch size 32", ylabel="speed-up (×)")
+    description = plots.describe_figure(fig)
+    assert description == ("Speed-up by scenario. n = 3 seeds. batch size 1; speed-up (×) against scenario | "
+                           "batch size 32; speed-up (×)")
+    png, svg = plots.save_figure(fig, tmp_path, "fig")
+    assert plots.figure_alt_text(png) == description and "Speed-up by scenario" in svg.read_text(encoding="utf-8")
+    shown = plt.figure()
+    shown.gca().set(xlabel="step", ylabel="training loss")
+    image = views.show_figure(shown)
+    assert image.alt == "training loss against step" and image.data.startswith(b"\x89PNG")
+    assert not plt.fignum_exists(shown.number)  # closed: the notebook shows it once
 
 
 def test_site_without_an_analysis_or_runs_still_renders_and_a_failure_is_reported(tmp_path) -> None:

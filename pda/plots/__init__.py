@@ -11,7 +11,7 @@ from pda.analysis import FigureData
 from pda.plots.figures import (
     plot_emissions, plot_metric_by_scenario, plot_pareto, plot_size_vs_sparsity, plot_speedup, plot_survival_heatmap,
 )
-from pda.plots.style import SCENARIO_COLORS, STYLE, save_figure, scenario_color
+from pda.plots.style import SCENARIO_COLORS, STYLE, describe_figure, figure_alt_text, save_figure, scenario_color
 
 FIGURES: dict[str, Callable[[FigureData], Figure]] = {
     "fig2_metric_by_scenario": plot_metric_by_scenario,
@@ -32,7 +32,8 @@ def save_all_figures(data: FigureData, figures_dir: Path, dpi: int = 150) -> lis
 
 
 __all__ = [
-    "FIGURES", "SCENARIO_COLORS", "STYLE", "plot_emissions", "plot_metric_by_scenario", "plot_pareto",
+    "FIGURES", "SCENARIO_COLORS", "STYLE", "describe_figure", "figure_alt_text", "plot_emissions",
+    "plot_metric_by_scenario", "plot_pareto",
     "plot_size_vs_sparsity", "plot_speedup", "plot_survival_heatmap", "save_all_figures", "save_figure",
     "scenario_color",
 ]

@@ -51,15 +51,43 @@ def metric_axis_label(metrics: pd.Series) -> str:
     return METRIC_LABELS.get(name, f"{name or 'metric'} (%)")
 
 
+def describe_figure(fig: Figure) -> str:
+    """A text description of ``fig`` for readers who cannot see it (HTML alt text): its title, then
+    each panel's title and what its axes show, as the figure itself labels them."""
+    def lines(text: str) -> str:  # a title's lines become sentences
+        return ". ".join(" ".join(line.split()) for line in text.splitlines() if line.strip())
+
+    panels = []
+    for ax in fig.axes:
+        if not ax.get_visible() or ax.get_label() == "<colorbar>":
+            continue
+        axes = " against ".join(lines(label) for label in (ax.get_ylabel(), ax.get_xlabel()) if label)
+        panel = "; ".join(part for part in (lines(ax.get_title()), axes) if part)
+        if panel:
+            panels.append(panel)
+    text = ". ".join(part for part in (lines(fig.get_suptitle()), " | ".join(panels)) if part)
+    return text or "A figure without title or axis labels"
+
+
 def save_figure(fig: Figure, out_dir: Path, stem: str, dpi: int = 150) -> list[Path]:
-    """Save ``fig`` as ``<stem>.png`` (at ``dpi``) and ``<stem>.svg`` in ``out_dir``."""
+    """Save ``fig`` as ``<stem>.png`` (at ``dpi``) and ``<stem>.svg`` in ``out_dir``; both files carry
+    ``describe_figure(fig)`` as their Description, which ``figure_alt_text`` reads back."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.svg"]
+    description = describe_figure(fig)
     with mpl.rc_context(STYLE):
-        fig.savefig(paths[0], dpi=dpi, bbox_inches="tight")
-        fig.savefig(paths[1], bbox_inches="tight")
+        fig.savefig(paths[0], dpi=dpi, bbox_inches="tight", metadata={"Description": description})
+        fig.savefig(paths[1], bbox_inches="tight", metadata={"Description": description})
     return paths
+
+
+def figure_alt_text(png: Path) -> str:
+    """The Description ``save_figure`` wrote into a PNG (empty if it has none): the figure's alt text."""
+    from PIL import Image
+
+    with Image.open(png) as image:
+        return str(getattr(image, "text", {}).get("Description", ""))
 
 
 def col(df: pd.DataFrame, name: str) -> pd.Series:
