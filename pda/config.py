@@ -95,6 +95,9 @@ class PruningConfig:
     importance_batches: int = 8
     importance_spread: float = 2.0  # log_alpha = spread x standardised log importance per weight
     distill_from_teacher: bool = False  # P, P+A: the distillation loss (distill.*) from the FT teacher, as CoFi
+    # Never prune this many heads of the last layer (the most important at the start) nor its MHA block: the
+    # pooler reads the first token, which the last layers' attention fills (a frozen encoder cannot refill it).
+    keep_last_layer_heads: int = 0
 
 
 @dataclasses.dataclass
@@ -367,6 +370,7 @@ def _check_settings(cfg: StudyConfig) -> None:
             raise ConfigError(f"pruning.{key}={getattr(p, key)!r} is not valid; use one of {', '.join(valid)}")
     _check_number("pruning.importance_batches", p.importance_batches, 1, integer=True)
     _check_number("pruning.importance_spread", p.importance_spread, 0.0, low_inclusive=False)
+    _check_number("pruning.keep_last_layer_heads", p.keep_last_layer_heads, 0, integer=True)
     _check_number("distill.temperature", d.temperature, 1e-6)
     _check_number("distill.alpha", d.alpha, 0.0, 1.0, high_inclusive=True)
     _check_number("distill.layer_distill_weight", d.layer_distill_weight, 0.0)

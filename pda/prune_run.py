@@ -130,6 +130,11 @@ def _prune_phase(model: torch.nn.Module, loader: DataLoader, cfg: RunConfig, lr:
         scores = fisher_importance(model, pruner, loader, loss_fn, p.importance_batches,
                                    autocast=lambda: autocast(precision, device))
         init_gates_from_importance(pruner, scores, p.importance_spread)
+    if not resuming:  # a checkpoint carries the kept heads
+        try:
+            pruner.keep_heads_(-1, p.keep_last_layer_heads)
+        except ValueError as error:
+            raise ValueError(f"pruning.keep_last_layer_heads={p.keep_last_layer_heads!r}: {error}") from None
     if p.controller == "projection":
         project_(pruner, target_at(0, pruner.target_sparsity, pruner.warmup_steps))
     extension = PruningExtension(pruner, p.gate_learning_rate, p.lagrangian_learning_rate, p.controller)
@@ -145,7 +150,7 @@ def _prune_phase(model: torch.nn.Module, loader: DataLoader, cfg: RunConfig, lr:
         "target": cfg.sparsity, "expected_sparsity_at_end": round(expected, 6),
         "achieved_vs_input": round(structure_sparsity(structure), 6),
         "prune_steps": gated.steps,
-        "controller": p.controller, "gate_init": p.gate_init,
+        "controller": p.controller, "gate_init": p.gate_init, "kept_heads": pruner.kept_heads(),
         "tracking": tracking_summary(extension.trace, cfg.sparsity),
         "trace": [[step, round(s, 5), round(t, 5)] for step, s, t in extension.trace],
         "counts": "encoder weights of Q, K, V, O and FFN in/out (CoFi's convention, no biases/LayerNorm)",

@@ -269,6 +269,8 @@ def test_a_task_scenario_sparsity_override_comes_last_and_reaches_only_that_run(
     ({"sp90": {"pruning": {"finetune_learning_rate": 2}}},
      r"overrides\[sp90\]: pruning.finetune_learning_rate=2 is outside the valid range"),
     ({"sp9": {}}, r"overrides key 'sp9' is not a group .* a target sparsity of pruned runs \(e.g. 'sp90'"),
+    ({"P+A": {"pruning": {"keep_last_layer_heads": -1}}}, r"overrides\[P\+A\]: pruning.keep_last_layer_heads=-1"),
+    ({"P+A": {"pruning": {"keep_last_layer_heads": 1.5}}}, r"pruning.keep_last_layer_heads must be a whole number, got 1.5"),
 ])
 def test_scenario_overrides_are_checked_like_the_rest(make_params, overrides, message):
     with pytest.raises(ConfigError, match=message):

@@ -145,6 +145,21 @@ def test_projection_controller_keeps_s_on_the_warming_target_at_every_step(tiny_
     assert rec.pruning["controller"] == "projection" and rec.pruning["gate_init"] == "importance"
 
 
+def test_kept_heads_of_the_last_layer_survive_pruning_to_90_percent_and_a_bad_count_names_its_key(make_params):
+    study = config.load_params(make_params(**TINY, sparsities=[0.9], overrides={
+        "P+A": {"pruning": {"keep_last_layer_heads": 2}}, "P": {"pruning": {"keep_last_layer_heads": 13}}}))
+    rec = pipeline.run(config.for_run(study, "mrpc", "P+A", 0.9, 0), with_dependencies=True)
+    kept = rec.pruning["kept_heads"]
+    last = rec.structure["layers"][-1]
+    assert len(kept) == 2 and {layer for layer, _ in kept} == {last["layer"]}
+    assert {head for _, head in kept} <= set(last["heads_kept"]) and last["mha_kept"]
+    assert rec.pruning["achieved_vs_input"] >= 0.9
+    model = checkpoint.load_model(run_dir(study, rec.run_id) / "model")
+    assert model.base_model.encoder.layer[-1].attention.self.query.out_features == 32 * len(last["heads_kept"])
+    with pytest.raises(ValueError, match=r"pruning.keep_last_layer_heads=13: count=13 .* \[0, 12\]"):
+        pipeline.run(config.for_run(study, "mrpc", "P", 0.9, 0))
+
+
 @pytest.mark.parametrize("scenario", ["base", "FT", "A", "D", "D+A", "P", "P+A", "P+D", "P+D+A"])
 def test_another_seed_gives_other_weights_in_every_scenario(make_params, tmp_path, scenario):
     small = {**TINY, "max_train_samples": 16, "max_eval_samples": 8, "max_seq_length": 32,

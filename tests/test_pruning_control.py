@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pda.pruning import L0Pruner, attach_gates, target_at
+from pda.pruning import L0Pruner, attach_gates, structure_sparsity, target_at
 from pda.pruning.control import project_
 from pda.pruning.gates import LOG_ALPHA_MAX, LOG_ALPHA_MIN
 from pda.pruning.importance import fisher_importance, init_gates_from_importance, structure_costs
@@ -132,3 +132,65 @@ def test_each_controller_brings_s_to_its_target_inside_a_real_fit(controller: st
         assert tracking["max_over_target"] < 1e-5
     achieved = structure_sparsity(structure_from_gates(pruner.deterministic_gates(), HIDDEN))
     assert 0.5 <= achieved < 0.55
+
+
+def _pruner_whose_last_attention_matters_least(target: float = 0.9) -> L0Pruner:
+    pruner = L0Pruner(tiny_config(), target_sparsity=target, coarse_init=None)
+    with torch.no_grad():
+        for gate in pruner.gate_modules().values():
+            gate.log_alpha.normal_(1.0, 0.5, generator=torch.Generator().manual_seed(3))
+        pruner.head.log_alpha[-1] = torch.tensor([-4.0, -3.0, -4.5, -3.5])
+        pruner.mha.log_alpha[-1] = -4.0
+    return pruner
+
+
+def test_kept_heads_survive_a_target_that_removes_the_rest_of_their_layer() -> None:
+    """At 90 % the last layer's attention goes first; its two best heads, kept, stay through the projection
+    and the final gates, while everything else still meets the target exactly."""
+    free, pruner = _pruner_whose_last_attention_matters_least(), _pruner_whose_last_attention_matters_least()
+    project_(free, 0.9)
+    assert free.structure()["layers"][-1]["heads_kept"] == []
+    assert pruner.keep_heads_(-1, 2) == [1, 3] and pruner.kept_heads() == [[LAYERS - 1, 1], [LAYERS - 1, 3]]
+    project_(pruner, 0.9)
+    assert float(pruner.expected_sparsity().detach()) == pytest.approx(0.9, abs=1e-6)
+    structure = pruner.structure()
+    assert structure["layers"][-1]["heads_kept"] == [1, 3] and structure["layers"][-1]["mha_kept"]
+    assert 0.9 <= structure_sparsity(structure) < 0.9 + pruner._one_structure()
+    gates = pruner.deterministic_gates()
+    assert torch.equal(gates["head"][-1, [1, 3]], torch.ones(2)) and float(gates["mha"][-1]) == 1.0
+    with torch.no_grad():
+        sampled = pruner(True)
+    assert torch.equal(sampled["head"][-1, [1, 3]], torch.ones(2)) and float(sampled["mha"][-1]) == 1.0
+
+
+def test_kept_gates_take_no_gradient_and_the_others_still_learn() -> None:
+    pruner = _pruner_whose_last_attention_matters_least()
+    pruner.keep_heads_(-1, 2)
+    pruner.expected_sparsity().backward()
+    grads = {name: g.log_alpha.grad for name, g in pruner.gate_modules().items()}
+    assert all(bool(torch.isfinite(grad).all()) for grad in grads.values())
+    assert torch.equal(grads["head"][-1, [1, 3]], torch.zeros(2)) and float(grads["mha"][-1]) == 0.0
+    assert bool((grads["head"][-1, [0, 2]] != 0).all()) and bool((grads["head"][0] != 0).all())
+
+
+def test_kept_heads_travel_with_the_pruners_state() -> None:
+    """A resumed run reads the kept heads from its checkpoint (the pruner's state dict)."""
+    pruner = _pruner_whose_last_attention_matters_least()
+    pruner.keep_heads_(-1, 2)
+    fresh = L0Pruner(tiny_config(), target_sparsity=0.9)
+    assert fresh.kept_heads() == []
+    fresh.load_state_dict(pruner.state_dict())
+    assert fresh.kept_heads() == pruner.kept_heads()
+
+
+@pytest.mark.parametrize("layer, count, message", [
+    (-1, 5, r"count=5 heads to keep is invalid: it must be an int in \[0, 4\]"),
+    (-1, True, r"count=True"),
+    (LAYERS, 1, rf"layer={LAYERS} is invalid: the encoder has layers 0 to {LAYERS - 1}"),
+    (-1, 4, r"keeping 4 heads of layer -1 \(4,096 weights\) does not fit the 3,277 encoder weights"),
+])
+def test_keeping_heads_refuses_what_cannot_be_kept(layer: int, count, message: str) -> None:
+    pruner = _pruner_whose_last_attention_matters_least()
+    with pytest.raises(ValueError, match=message):
+        pruner.keep_heads_(layer, count)
+    assert pruner.kept_heads() == []

@@ -30,6 +30,7 @@ TEMPERATURE = 2.0 / 3.0
 UNIFORM_EPS = 1e-6
 LOG_ALPHA_MIN, LOG_ALPHA_MAX = math.log(1e-2), math.log(1e2)  # CoFi's constrain_parameters range
 EVAL_SCALE = 0.8  # CoFi's "magical number": kept eval gates are sigmoid(0.8 * log_alpha / T)
+KEPT_LOG_ALPHA = math.inf  # a kept gate's effective log_alpha: sampled, expected and deterministic value all 1
 
 GATE_GROUPS = ("head", "mha", "int", "ffn")
 """Keys of every gates dict: head (layers, heads), mha (layers,), int (layers, ffn units), ffn (layers,)."""
@@ -41,7 +42,8 @@ class HardConcreteGate(nn.Module):
     Every distribution uses ``log_alpha + offset``: ``offset`` is one scalar shared by all gates of a
     pruner, set by the projection controller (``L0Pruner.project_``) and 0 under CoFi's Lagrangian.
     Groups for the deterministic (eval) gates run along the last dimension: each row is one
-    group in which round(expected number of zeros) gates are switched off.
+    group in which round(expected number of zeros) gates are switched off. Gates marked in the
+    ``kept`` buffer (``keep_``) are not pruned: they are 1 in every mode and get no gradient.
     """
 
     def __init__(self, shape: tuple[int, ...], droprate_init: float = 0.5, temperature: float = TEMPERATURE,
@@ -53,11 +55,18 @@ class HardConcreteGate(nn.Module):
         mean = math.log(1.0 - droprate_init) - math.log(droprate_init) if init_mean is None else init_mean
         self.log_alpha = nn.Parameter(torch.empty(shape).normal_(mean, init_std))
         self.register_buffer("offset", torch.zeros(()))
+        self.register_buffer("kept", torch.zeros(shape, dtype=torch.bool))
         self.temperature = temperature
 
     def effective(self) -> torch.Tensor:
-        """``log_alpha + offset``: what every distribution below is computed from."""
-        return self.log_alpha + self.offset
+        """``log_alpha + offset`` (+inf for a kept gate): what every distribution below is computed from."""
+        shifted = self.log_alpha + self.offset
+        return torch.where(self.kept, torch.full_like(shifted, KEPT_LOG_ALPHA), shifted)
+
+    @torch.no_grad()
+    def keep_(self, index: tuple) -> None:
+        """Never prune the gates at ``index`` (any tensor index, e.g. ``(layer, [h1, h2])``)."""
+        self.kept[index] = True
 
     def sample(self) -> torch.Tensor:
         """Training gates: a reparameterised sample, differentiable w.r.t. ``log_alpha``."""
@@ -165,6 +174,37 @@ class L0Pruner(nn.Module):
         for g in self.gate_modules().values():
             g.offset.fill_(offset)
 
+    @torch.no_grad()
+    def keep_heads_(self, layer: int, count: int) -> list[int]:
+        """Never prune the ``count`` heads of ``layer`` with the highest ``log_alpha`` now, nor its MHA block.
+
+        Why: BERT's pooler reads the first token only, and in the last layers attention is what
+        fills it. A frozen encoder (P+A) whose gates removed that attention hands the head a first
+        token that hardly varies between inputs. Call after the gates' initialisation (importance),
+        so the kept heads are the ones that mattered most. Returns the kept heads' indices.
+        """
+        layers, heads = self.head.log_alpha.shape
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= heads:
+            raise ValueError(f"count={count!r} heads to keep is invalid: it must be an int in [0, {heads}]")
+        if not -layers <= layer < layers:
+            raise ValueError(f"layer={layer!r} is invalid: the encoder has layers 0 to {layers - 1}")
+        if count == 0:
+            return []
+        budget = (1.0 - self.target_sparsity) * self.full_weights
+        protected = int((self.head.kept.sum() + count) * 4 * self.hidden_size * self.head_dim)
+        if protected > budget:
+            raise ValueError(f"keeping {count} heads of layer {layer} ({protected:,} weights) does not fit the "
+                             f"{budget:,.0f} encoder weights that target sparsity {self.target_sparsity} leaves")
+        order = torch.argsort(self.head.log_alpha[layer], descending=True, stable=True)[:count]
+        chosen = sorted(int(h) for h in order)
+        self.head.keep_((layer % layers, chosen))
+        self.mha.keep_((layer % layers, 0))
+        return chosen
+
+    def kept_heads(self) -> list[list[int]]:
+        """[layer, head] of every head ``keep_heads_`` protected (kept whole: its MHA block too)."""
+        return [[int(i), int(h)] for i, h in torch.nonzero(self.head.kept).tolist()]
+
     def lagrangian_parameters(self) -> list[nn.Parameter]:
         """lambda_1 and lambda_2 (to be maximised)."""
         return [self.lambda_1, self.lambda_2]
@@ -222,6 +262,7 @@ class L0Pruner(nn.Module):
             return gates
         lp = {name: g.log_prob_nonzero() for name, g in self.gate_modules().items()}
         head_score, int_score = lp["head"] + lp["mha"], lp["int"] + lp["ffn"]
+        head_score = head_score.masked_fill((self.head.kept & self.mha.kept).to(head_score.device), math.inf)
         achieved = structure_sparsity(structure_from_gates(gates, self.hidden_size))
         if achieved > self.target_sparsity + self._one_structure():
             # CoFi's per-group rounding overshot (seen: target 0.6, exact 0.92 after a short run):
