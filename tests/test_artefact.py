@@ -198,9 +198,10 @@ def test_a_saved_figure_carries_its_description_and_a_shown_one_its_alt_text(tmp
     left, right = fig.subplots(1, 2)
     left.set(title="batch size 1", xlabel="scenario", ylabel="speed-up (×)")
     right.set(title="batch size 32", ylabel="speed-up (×)")
+    fig.colorbar(right.imshow([[0.0, 1.0]]), ax=right, label="fraction kept")
     description = plots.describe_figure(fig)
     assert description == ("Speed-up by scenario. n = 3 seeds. batch size 1; speed-up (×) against scenario | "
-                           "batch size 32; speed-up (×)")
+                           "batch size 32; speed-up (×) | colour: fraction kept")
     png, svg = plots.save_figure(fig, tmp_path, "fig")
     assert plots.figure_alt_text(png) == description and "Speed-up by scenario" in svg.read_text(encoding="utf-8")
     shown = plt.figure()

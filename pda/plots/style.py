@@ -59,7 +59,11 @@ def describe_figure(fig: Figure) -> str:
 
     panels = []
     for ax in fig.axes:
-        if not ax.get_visible() or ax.get_label() == "<colorbar>":
+        if not ax.get_visible():
+            continue
+        if ax.get_label() == "<colorbar>":  # its label says what the colours mean
+            label = lines(ax.get_ylabel() or ax.get_xlabel())
+            panels += [f"colour: {label}"] if label else []
             continue
         axes = " against ".join(lines(label) for label in (ax.get_ylabel(), ax.get_xlabel()) if label)
         panel = "; ".join(part for part in (lines(ax.get_title()), axes) if part)
