@@ -21,7 +21,7 @@ from pda.records import RunRecord
 from pda.runs import run_dir, run_id
 
 
-def show_figure(fig, dpi: int = 100):
+def show_figure(fig: plt.Figure, dpi: int = 100) -> "IPython.display.Image":
     """``fig`` as a PNG image whose alt text describes it (``pda.plots.style.describe_figure``), for a
     notebook to display; the figure is closed so it shows once. The HTML pages keep the description."""
     from IPython.display import Image
