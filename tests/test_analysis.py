@@ -488,6 +488,18 @@ def test_metric_figure_draws_the_majority_class_and_marks_collapsed_recipes() ->
     assert not any(t.get_text().startswith("†") for a in plain.axes for t in a.texts) and "†" not in plain.get_suptitle()
 
 
+def test_a_collapse_mark_stands_above_a_negative_bar_not_inside_it() -> None:
+    records = make_world(TRUE_WORLD, seeds=(0,))
+    frame = analysis.records_frame(records)
+    task = frame["task"].iloc[0]
+    negative = (frame["task"] == task) & (frame["scenario"] == "P+A") & (frame["sparsity"] == 0.9)
+    frame.loc[negative, "main_metric_value"] = -2.1  # CoLA's P+A 90 %: an MCC under 0
+    collapse = pd.DataFrame({"task": [task], "recipe": ["P+A 90%"], analysis.collapse.VERDICT: ["yes"]})
+    fig = plots.plot_metric_by_scenario(analysis.figure_data(frame, records, collapse=collapse))
+    mark = [t for t in fig.axes[0].texts if t.get_text() == "†1"]
+    assert len(mark) == 1 and mark[0].xy[1] == 0.0  # the bar spans -2.1 to 0: the mark sits on top of it
+
+
 def test_a_majority_class_below_the_axis_is_named_in_the_title_not_drawn_outside_it() -> None:
     from pda.baselines import MajorityBaseline
 

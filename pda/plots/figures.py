@@ -73,7 +73,8 @@ def plot_metric_by_scenario(data: FigureData, out_dir: Path | None = None) -> Fi
                             color="dimgray")
             for xi, (scenario, sparsity), m, spread_i in zip(x, recipes, means, e):
                 if k := data.collapsed.get((task, recipe_label(scenario, sparsity))):
-                    ax.annotate(f"†{k}", (xi, min(m + spread_i, top)), xytext=(0, 1), textcoords="offset points",
+                    # above the bar and its error bar; a negative bar (CoLA's MCC) ends at 0, not at its mean
+                    ax.annotate(f"†{k}", (xi, min(max(m + spread_i, 0.0), top)), xytext=(0, 1), textcoords="offset points",
                                 ha="center", va="bottom", fontsize=8, color="firebrick")
             recipe_axis(ax, x, recipes)
             ax.set_ylabel(metric_axis_label(rows["main_metric"]))
