@@ -220,6 +220,15 @@ class WarmKernelPlugin(WorkerPlugin):
             self.pool.close()
 
 
+def close_worker_kernels(dask_worker: Any) -> None:
+    """Shut down this worker's warm kernels (through ``client.run``) at the end of a study, while the worker still
+    answers: on an existing cluster they would otherwise outlive the study, and left to the plugin's teardown
+    when a local cluster closes they outlast the nanny's 4 s and each worker is killed with a warning."""
+    plugin = dask_worker.plugins.get(WARM_KERNELS)
+    if getattr(plugin, "pool", None) is not None:
+        plugin.pool.close()
+
+
 def worker_kernels() -> KernelPool | None:
     """This Dask worker's warm kernels; None outside a worker or on one without the plugin."""
     try:

@@ -188,9 +188,12 @@ def test_scheduler_option_runs_on_an_existing_cluster_with_the_workers_threads(m
         write_record(fake_record(RunSpec(parameters["task"], parameters["scenario"], None, 0), cfg), output.parent)
 
     monkeypatch.setattr("pda.study.execute_notebook", fake_notebook)  # in-process workers see it
+    closed = []
+    monkeypatch.setattr(WarmKernel, "close", lambda self: closed.append(self))
     with LocalCluster(n_workers=1, threads_per_worker=3, processes=False, resources={"run": 1},
                       dashboard_address=":0") as cluster:
         outcomes = run_study(params, scheduler=cluster.scheduler_address, analysis=False)
+        assert closed == kernels[:1]  # the study shut its kernel down; the cluster lives on
     assert [o.status for o in outcomes] == ["done", "done"] and seen == {"mrpc-FT-seed0": 2, "mrpc-D-seed0": 2}
     assert isinstance(kernels[0], WarmKernel) and kernels[1] is kernels[0]
     assert "Dask dashboard: http" in capsys.readouterr().out
