@@ -225,8 +225,8 @@ def close_worker_kernels(dask_worker: Any) -> None:
     answers: on an existing cluster they would otherwise outlive the study, and left to the plugin's teardown
     when a local cluster closes they outlast the nanny's 4 s and each worker is killed with a warning."""
     plugin = dask_worker.plugins.get(WARM_KERNELS)
-    if getattr(plugin, "pool", None) is not None:
-        plugin.pool.close()
+    if plugin is not None:
+        plugin.teardown(dask_worker)  # the plugin's own close; its teardown at cluster close then finds nothing left
 
 
 def worker_kernels() -> KernelPool | None:

@@ -327,11 +327,10 @@ def _run_grid(params_file: Path, cfg: StudyConfig, specs: list[RunSpec], workers
                 crowded = " (more workers than cores: runs will compete)" if workers > cores else ""
                 threads = torch_threads_for(cfg, budget)  # the file's torch_threads, if lower than the share
                 print(f"{workers} workers, {threads} torch thread(s) per run on {cores} cores{crowded}", flush=True)
-            try:
-                return run_parallel(client, cfg, specs, execute)
-            finally:
-                if warm_kernels:
-                    client.run(scaleout.close_worker_kernels)
+            outcomes = run_parallel(client, cfg, specs, execute)
+            if warm_kernels:  # not in a finally: a cluster that failed the study must not hide why behind this call
+                client.run(scaleout.close_worker_kernels)
+            return outcomes
 
 
 def run_deferred_timing(cfg: StudyConfig, specs: list[RunSpec]) -> list[Outcome]:
