@@ -183,7 +183,9 @@ def test_the_fused_inference_adapter_equals_the_plain_one(kind: str, scaling: fl
             plain = deployable(**b).logits.detach()
         with torch.inference_mode():  # the fused one
             fused = deployable(**b).logits
-        torch.testing.assert_close(fused, plain, atol=1e-6, rtol=0)
+        # fp32 rounding of a different op order only (1.1e-6 seen on an Intel Xeon with AMX); a wrong fusion
+        # (scaling, residual, non-linearity) is off by orders of magnitude more
+        torch.testing.assert_close(fused, plain, atol=ATOL, rtol=0)
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 takes the plain path
             assert torch.isfinite(deployable(**b).logits).all()
 
