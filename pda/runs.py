@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pda.config import SCENARIOS, StudyConfig, sparsity_key
-from pda.records import RESULT_FILE
+from pda.records import RESULT_FILE, RunRecord, read_record
 from pda.scaleout import LOCK_FILE
 
 MODEL_DIR = "model"
@@ -146,3 +146,14 @@ def expand_grid(cfg: StudyConfig) -> list[RunSpec]:
     for spec in wanted:
         visit(spec)
     return ordered
+
+
+def study_records(cfg: StudyConfig) -> list[RunRecord]:
+    """The finished runs of this study's grid (``expand_grid``), in run-id order.
+
+    An output folder can hold other studies' runs: ``seeds.yaml`` limited to one task writes beside the
+    default study. The analysis reads these only, so its majority-class baselines, collapse marks,
+    recommendations and Pareto fronts cover exactly the tasks and runs the parameter file names.
+    """
+    ids = sorted({spec.run_id for spec in expand_grid(cfg)})
+    return [read_record(run_dir(cfg, rid)) for rid in ids if has_result(cfg, rid)]

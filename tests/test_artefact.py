@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from pda.progress import Progress
+from pda.records import RunRecord, write_record
 from pda.study import NOTEBOOKS_DIR, execute_notebook, notebook_path, run_study
 from tests.conftest import ROOT
 
@@ -130,6 +131,10 @@ def tiny_study(tmp_path_factory) -> SimpleNamespace:
                   pruning={"epochs": 1, "finetune_epochs": 1, "sparsity_warmup_ratio": 0.5})
     path = ROOT / "parameters" / f".pytest-artefact-{os.getpid()}.yaml"
     path.write_text(yaml.safe_dump(params))
+    foreign = RunRecord(run_id="rte-A-seed0", task="rte", scenario="A", prune=False, distill=False, adapters=True,
+                        sparsity=None, seed=0, model="m", main_metric="accuracy", main_metric_value=47.3,
+                        metrics={"accuracy": 47.3})
+    write_record(foreign, out / "runs" / foreign.run_id)  # another study's run in the same folder
     try:
         outcomes = run_study(path)
     finally:
@@ -151,6 +156,15 @@ def test_executed_study_notebooks_are_readable(tiny_study) -> None:
     pruned = json.loads(executed[1].read_text())
     lines = [t for c in pruned["cells"] for kind, t in outputs_text(c) if kind == "text/plain" and " steps in " in t]
     assert [line.split(":")[0] for line in lines] == ["prune mrpc P 0.6", "fine-tune pruned mrpc P"], lines
+
+
+def test_the_analysis_leaves_out_another_studys_run_in_its_folder(tiny_study) -> None:
+    nb = json.loads((tiny_study.out / "notebooks" / "99_analysis.ipynb").read_text())
+    text = "".join(t for c in nb["cells"] for _, t in outputs_text(c))
+    assert "2 run records of this study; 1 other(s) in its folder left out" in text
+    assert not re.search(r"\brte\b", text) and "47.3" not in text
+    report = (tiny_study.out / "report.md").read_text(encoding="utf-8")
+    assert "1 other record(s) in that folder belong to other studies" in report and not re.search(r"\brte\b", report)
 
 
 def test_analysis_tables_have_units_and_dashes(tiny_study) -> None:

@@ -146,3 +146,27 @@ def test_majority_baseline_is_scored_on_the_dev_rows_the_runs_are_scored_on(glue
     rows = subsample(load_split(get_task("mrpc"), "dev", locate_task(get_task("mrpc"), str(glue_dir), False)), 64, 3)
     assert got.dev_examples == 64
     assert got.accuracy == pytest.approx(100 * sum(rows["label"]) / 64)  # the majority class is 1, "paraphrase"
+
+
+def test_the_analysis_reads_only_its_own_study_from_a_shared_output_folder(make_params) -> None:
+    """``seeds.yaml`` limited to one task writes beside the default study: its analysis must not take
+    the other tasks' runs, for which it computed no majority-class baseline (a collapsed MRPC run
+    would lose its mark, enter the Pareto front and could be recommended)."""
+    from pda.config import load_params
+    from pda.runs import run_dir, study_records
+
+    study = load_params(make_params(tasks=["stsb"], scenarios=["FT", "P"], seeds=[0, 1]))
+    mine = [record("stsb-FT-seed1", "stsb", "FT", 80.0), record("stsb-P-sp60-seed0", "stsb", "P", 79.0, 0.6)]
+    theirs = [record("mrpc-FT-seed0", "mrpc", "FT", 70.0), record("mrpc-P-sp90-seed0", "mrpc", "P", 50.0, 0.9),
+              record("stsb-P-sp90-seed0", "stsb", "P", 60.0, 0.9), record("stsb-FT-seed2", "stsb", "FT", 81.0)]
+    for r in mine + theirs:
+        write_record(r, run_dir(study, r.run_id))
+    got = study_records(study)
+    assert [r.run_id for r in got] == ["stsb-FT-seed1", "stsb-P-sp60-seed0"]  # run-id order; unfinished runs absent
+
+    runs = run_dir(study, "x").parent
+    text = analysis.write_report(runs, runs.parent / "report.md", records=got).read_text(encoding="utf-8")
+    assert "2 run(s) from" in text and "4 other record(s) in that folder belong to other studies" in text
+    assert "mrpc" not in text and "sp90" not in text and "90%" not in text and "stsb-FT-seed2" not in text
+    every = analysis.write_report(runs, runs.parent / "all.md").read_text(encoding="utf-8")
+    assert "6 run(s) from" in every and "other record" not in every and "mrpc" in every

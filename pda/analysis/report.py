@@ -17,7 +17,7 @@ from pda.analysis.recommendations import recommendations
 from pda.analysis.timing import run_times, time_sentence, time_table
 from pda.analysis.tracking import BAND, CEILING, tracking_frame
 from pda.analysis.tables import accuracy_table, efficiency_table, markdown_table, recommendation_table
-from pda.records import atomic_write_text, read_all_records
+from pda.records import RunRecord, atomic_write_text, read_all_records
 
 RULES = (
     "Eligible recipes on a task are those whose mean main metric is at least FT's mean minus the tolerance "
@@ -39,11 +39,17 @@ def _relative(path: Path, start: Path) -> str:
 
 
 def write_report(records_dir: Path, out_path: Path, figures: Sequence[Path] = (), tolerance: float = 1.0,
-                 loose_tolerance: float | None = 5.0, majority: Mapping[str, MajorityBaseline] | None = None) -> Path:
+                 loose_tolerance: float | None = 5.0, majority: Mapping[str, MajorityBaseline] | None = None,
+                 records: Sequence[RunRecord] | None = None) -> Path:
     """Write the markdown report atomically; ``figures`` (already drawn, e.g. by
     ``pda.plots.save_all_figures``) are linked relative to the report; ``majority`` (task -> the
-    majority-class baseline, ``pda.baselines.majority_baselines``) adds the collapse check."""
-    records = read_all_records(Path(records_dir))
+    majority-class baseline, ``pda.baselines.majority_baselines``) adds the collapse check.
+
+    ``records`` (e.g. ``pda.runs.study_records``) limits the report to one study's runs; the report says
+    how many other records ``records_dir`` holds. None: every record there."""
+    every = read_all_records(Path(records_dir))
+    records = every if records is None else list(records)
+    others = len({r.run_id for r in every} - {r.run_id for r in records})
     frame = records_frame(records)
     agg = aggregate(frame)
     with_q = aggregate(with_quantized(frame))  # every recipe next to its INT8 variant (+Q)
@@ -54,7 +60,9 @@ def write_report(records_dir: Path, out_path: Path, figures: Sequence[Path] = ()
         "# PDA results report", "",
         f"{len(records)} run(s) from `{_relative(records_dir, out_path.parent)}`; metrics are GLUE dev-set main "
         "metrics in percent, mean ± sample std over seeds with n = seeds (no ± when n = 1). "
-        "'n/a': not measured; '—': does not apply.", "",
+        "'n/a': not measured; '—': does not apply." + (
+            f" {others} other record(s) in that folder belong to other studies (other tasks, scenarios, "
+            "sparsities or seeds) and are left out." if others else ""), "",
     ]
     if not records:
         parts += ["No finished runs were found.", ""]
