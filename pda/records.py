@@ -189,6 +189,12 @@ def read_record(run_dir: Path) -> RunRecord:
     return record
 
 
+def finished_run_dirs(runs_dir: Path) -> list[Path]:
+    """The folders of every finished run under ``runs_dir`` (a run is finished when its result.json exists),
+    sorted; a folder's name is its run id."""
+    return [p.parent for p in sorted(Path(runs_dir).glob(f"*/{RESULT_FILE}"))]
+
+
 def read_all_records(runs_dir: Path) -> list[RunRecord]:
-    """Every finished run under ``runs_dir`` (a run is finished when its result.json exists)."""
-    return [read_record(p.parent) for p in sorted(Path(runs_dir).glob(f"*/{RESULT_FILE}"))]
+    """Every finished run under ``runs_dir``."""
+    return [read_record(d) for d in finished_run_dirs(runs_dir)]

@@ -153,7 +153,7 @@ def test_the_analysis_reads_only_its_own_study_from_a_shared_output_folder(make_
     the other tasks' runs, for which it computed no majority-class baseline (a collapsed MRPC run
     would lose its mark, enter the Pareto front and could be recommended)."""
     from pda.config import load_params
-    from pda.runs import run_dir, study_records
+    from pda.runs import run_dir, runs_dir, study_records
 
     study = load_params(make_params(tasks=["stsb"], scenarios=["FT", "P"], seeds=[0, 1]))
     mine = [record("stsb-FT-seed1", "stsb", "FT", 80.0), record("stsb-P-sp60-seed0", "stsb", "P", 79.0, 0.6)]
@@ -164,7 +164,7 @@ def test_the_analysis_reads_only_its_own_study_from_a_shared_output_folder(make_
     got = study_records(study)
     assert [r.run_id for r in got] == ["stsb-FT-seed1", "stsb-P-sp60-seed0"]  # run-id order; unfinished runs absent
 
-    runs = run_dir(study, "x").parent
+    runs = runs_dir(study)
     text = analysis.write_report(runs, runs.parent / "report.md", records=got).read_text(encoding="utf-8")
     assert "2 run(s) from" in text and "4 other record(s) in that folder belong to other studies" in text
     assert "mrpc" not in text and "sp90" not in text and "90%" not in text and "stsb-FT-seed2" not in text

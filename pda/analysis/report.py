@@ -17,7 +17,7 @@ from pda.analysis.recommendations import recommendations
 from pda.analysis.timing import run_times, time_sentence, time_table
 from pda.analysis.tracking import BAND, CEILING, tracking_frame
 from pda.analysis.tables import accuracy_table, efficiency_table, markdown_table, recommendation_table
-from pda.records import RunRecord, atomic_write_text, read_all_records
+from pda.records import RunRecord, atomic_write_text, finished_run_dirs, read_all_records
 
 RULES = (
     "Eligible recipes on a task are those whose mean main metric is at least FT's mean minus the tolerance "
@@ -47,9 +47,11 @@ def write_report(records_dir: Path, out_path: Path, figures: Sequence[Path] = ()
 
     ``records`` (e.g. ``pda.runs.study_records``) limits the report to one study's runs; the report says
     how many other records ``records_dir`` holds. None: every record there."""
-    every = read_all_records(Path(records_dir))
-    records = every if records is None else list(records)
-    others = len({r.run_id for r in every} - {r.run_id for r in records})
+    if records is None:
+        records, others = read_all_records(Path(records_dir)), 0
+    else:
+        records = list(records)
+        others = len({d.name for d in finished_run_dirs(records_dir)} - {r.run_id for r in records})
     frame = records_frame(records)
     agg = aggregate(frame)
     with_q = aggregate(with_quantized(frame))  # every recipe next to its INT8 variant (+Q)
