@@ -42,10 +42,9 @@ test: setup
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks $(ROOT_FLAG)
 
-# outputs/index.html again from a study's executed notebooks (`make study` writes it at the end).
-OUT ?= outputs
+# index.html again from a study's executed notebooks, in its output folder (`make study` writes it at the end).
 site: setup
-	$(PY) -m pda.site $(OUT)
+	$(PY) -m pda.site --params $(PARAMS)
 
 clean-outputs:
 	rm -rf outputs/runs outputs/figures outputs/notebooks outputs/report.md outputs/index.html outputs/smoke

@@ -1,6 +1,6 @@
 """The study for readers without Jupyter: ``index.html`` (the analysis, then every run) rendered with nbconvert.
 
-``<output_dir>/index.html`` is the executed analysis notebook followed by a table of every run
+``<output_dir>/index.html`` is the executed analysis notebook followed by a table of every run of the study
 (headline numbers, a link to the run's notebook); each run's executed notebook becomes
 ``runs/<run_id>/notebook.html`` beside it, with a link back. Pages are self-contained: figures
 are inline images, the CSS is inlined, and no script or font is fetched from the network, so
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+from collections.abc import Iterable
 from pathlib import Path
 
 import nbformat
@@ -59,12 +60,26 @@ def render_html(nb: nbformat.NotebookNode, title: str, before: str = "", after: 
     return body
 
 
-def runs_index(runs_dir: Path) -> str:
-    """Markdown: every run that has an executed notebook, with its headline numbers and a link to its page."""
-    notebooks = sorted(p.parent for p in Path(runs_dir).glob("*/notebook.ipynb"))
+def run_notebooks(runs_dir: Path, run_ids: Iterable[str] | None = None) -> tuple[list[Path], int]:
+    """The run folders with an executed notebook (only ``run_ids``' if given), and how many others were left out."""
+    folders = sorted(p.parent for p in Path(runs_dir).glob("*/notebook.ipynb"))
+    if run_ids is None:
+        return folders, 0
+    wanted = set(run_ids)
+    kept = [d for d in folders if d.name in wanted]
+    return kept, len(folders) - len(kept)
+
+
+def runs_index(runs_dir: Path, run_ids: Iterable[str] | None = None) -> str:
+    """Markdown: every run that has an executed notebook (of ``run_ids`` if given: one study's in a folder
+    that may hold others'), with its headline numbers and a link to its page."""
+    notebooks, others = run_notebooks(runs_dir, run_ids)
     done = [d for d in notebooks if (d / RESULT_FILE).is_file()]
     failed = [d for d in notebooks if not (d / RESULT_FILE).is_file()]
     parts = ["## Every run's notebook", ""]
+    if others:
+        parts += [f"{others} other run(s) in this folder belong to other studies and are not listed "
+                  "(`python -m pda.site` with the folder alone lists every run).", ""]
     if not notebooks:
         return "\n".join(parts + ["No run has an executed notebook yet."])
     if done:
@@ -80,12 +95,17 @@ def runs_index(runs_dir: Path) -> str:
     return "\n".join(parts)
 
 
-def write_site(output_dir: Path) -> Path:
-    """Render ``output_dir``'s executed notebooks to HTML (index first) and return the index's path."""
+def write_site(output_dir: Path, run_ids: Iterable[str] | None = None) -> Path:
+    """Render ``output_dir``'s executed notebooks to HTML (index first) and return the index's path.
+
+    ``run_ids``: the study's runs (``pda.runs.expand_grid``), the only ones rendered and listed, as the
+    analysis above them covers only those; None: every run in the folder.
+    """
     output_dir = Path(output_dir)
     runs_dir = output_dir / "runs"
-    for notebook in sorted(runs_dir.glob("*/notebook.ipynb")):
-        page = render_html(nbformat.read(notebook, as_version=4), notebook.parent.name,
+    for folder in run_notebooks(runs_dir, run_ids)[0]:
+        notebook = folder / "notebook.ipynb"
+        page = render_html(nbformat.read(notebook, as_version=4), folder.name,
                            before=f"[← all results of the study](../../{INDEX})")
         atomic_write_text(notebook.with_name(RUN_PAGE), page)
     analysis = output_dir / ANALYSIS_NOTEBOOK
@@ -95,26 +115,42 @@ def write_site(output_dir: Path) -> Path:
         nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(
             f"# Study results\n\nThe analysis notebook (`{ANALYSIS_NOTEBOOK.as_posix()}`) has not run yet.")])
     index = output_dir / INDEX
-    atomic_write_text(index, render_html(nb, "PDA study: results", after=runs_index(runs_dir)))
+    atomic_write_text(index, render_html(nb, "PDA study: results", after=runs_index(runs_dir, run_ids)))
     return index
 
 
-def site_note(output_dir: Path) -> str:
+def site_note(output_dir: Path, run_ids: Iterable[str] | None = None) -> str:
     """Write the pages and say where they are; a rendering error is reported, never raised, so that
     the study that just ran still reports its runs."""
     try:
-        return f"results for reading without Jupyter: {write_site(output_dir)}"
+        return f"results for reading without Jupyter: {write_site(output_dir, run_ids)}"
     except Exception as exc:  # noqa: BLE001 - the study's outcomes matter more than its HTML
         return f"could not render {Path(output_dir) / INDEX}: {type(exc).__name__}: {exc} (retry: python -m pda.site)"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pda.site", description=__doc__.splitlines()[0])
-    parser.add_argument("output_dir", type=Path, help="a study's output folder (holds runs/ and notebooks/)")
+    parser.add_argument("output_dir", type=Path, nargs="?",
+                        help="an output folder (holds runs/ and notebooks/): every run in it is listed")
+    parser.add_argument("--params", type=Path, help="a parameter file: its output folder, listing its runs only")
     args = parser.parse_args(argv)
+    run_ids = None
+    if args.params is not None:
+        from pda.config import ConfigError, load_params
+        from pda.runs import expand_grid
+
+        try:
+            cfg = load_params(args.params)
+        except ConfigError as err:
+            parser.error(str(err))
+        run_ids = [spec.run_id for spec in expand_grid(cfg)]
+        if args.output_dir is None:
+            args.output_dir = Path(cfg.output_dir)
+    if args.output_dir is None:
+        parser.error("give an output folder (e.g. outputs) or --params FILE")
     if not (args.output_dir / "runs").is_dir():
         parser.error(f"{str(args.output_dir)!r} has no runs/ folder; give a study's output_dir (e.g. outputs)")
-    print(write_site(args.output_dir))
+    print(write_site(args.output_dir, run_ids))
     return 0
 
 

@@ -135,6 +135,8 @@ def tiny_study(tmp_path_factory) -> SimpleNamespace:
                         sparsity=None, seed=0, model="m", main_metric="accuracy", main_metric_value=47.3,
                         metrics={"accuracy": 47.3})
     write_record(foreign, out / "runs" / foreign.run_id)  # another study's run in the same folder
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# another study's run")]),
+                   out / "runs" / foreign.run_id / "notebook.ipynb")
     try:
         outcomes = run_study(path)
     finally:
@@ -145,7 +147,7 @@ def tiny_study(tmp_path_factory) -> SimpleNamespace:
 def test_executed_study_notebooks_are_readable(tiny_study) -> None:
     assert {o.spec.run_id: o.status for o in tiny_study.outcomes} == {"mrpc-FT-seed0": "done",
                                                                       "mrpc-P-sp60-seed0": "done"}
-    executed = [*sorted((tiny_study.out / "runs").glob("*/notebook.ipynb")),
+    executed = [*sorted((tiny_study.out / "runs").glob("mrpc-*/notebook.ipynb")),
                 tiny_study.out / "notebooks" / "99_analysis.ipynb"]
     assert len(executed) == 3
     problems = [p for nb in executed for p in readability_problems(nb, tiny_study.out)]
@@ -180,6 +182,9 @@ def test_index_html_links_every_run_and_opens_offline(tiny_study) -> None:
     index = (tiny_study.out / "index.html").read_text(encoding="utf-8")
     pages = {rid: tiny_study.out / "runs" / rid / "notebook.html" for rid in ("mrpc-FT-seed0", "mrpc-P-sp60-seed0")}
     assert index.index("Analysis: which recipe") < index.index("Every run")  # the analysis first
+    # another study's run in the folder: neither listed nor rendered, but counted
+    assert "1 other run(s) in this folder belong to other studies" in index and "rte-A-seed0" not in index
+    assert not (tiny_study.out / "runs" / "rte-A-seed0" / "notebook.html").exists()
     for rid, page in pages.items():
         assert f'href="runs/{rid}/notebook.html"' in index
         text = page.read_text(encoding="utf-8")
@@ -223,6 +228,26 @@ def test_a_saved_figure_carries_its_description_and_a_shown_one_its_alt_text(tmp
     image = views.show_figure(shown)
     assert image.alt == "training loss against step" and image.data.startswith(b"\x89PNG")
     assert not plt.fignum_exists(shown.number)  # closed: the notebook shows it once
+
+
+def test_site_lists_a_parameter_files_runs_or_every_run_of_a_folder(make_params, tmp_path) -> None:
+    from pda import site
+
+    params = make_params()  # the smoke grid (MRPC and STS-B), written to tmp_path/outputs
+    runs = tmp_path / "outputs" / "runs"
+    for rid in ("mrpc-FT-seed0", "rte-A-seed0"):  # a run of that grid and another study's, both failed
+        (runs / rid).mkdir(parents=True)
+        nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(f"# {rid}")]),
+                       runs / rid / "notebook.ipynb")
+    assert site.main(["--params", str(params)]) == 0
+    index = (tmp_path / "outputs" / "index.html").read_text(encoding="utf-8")
+    assert 'href="runs/mrpc-FT-seed0/notebook.html"' in index and "rte-A-seed0" not in index
+    assert "1 other run(s) in this folder belong to other studies" in index
+    assert site.main([str(tmp_path / "outputs")]) == 0  # the folder alone: every run
+    index = (tmp_path / "outputs" / "index.html").read_text(encoding="utf-8")
+    assert 'href="runs/rte-A-seed0/notebook.html"' in index and "other studies" not in index
+    with pytest.raises(SystemExit):
+        site.main([])
 
 
 def test_site_without_an_analysis_or_runs_still_renders_and_a_failure_is_reported(tmp_path) -> None:
