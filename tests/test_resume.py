@@ -295,20 +295,3 @@ def test_checkpoints_are_due_every_interval_and_never_when_off(tmp_path):
     assert not off.due()
     off.phase(resume.TRAIN).end(state)
     assert not (tmp_path / "off").exists()
-
-
-def test_a_resumed_model_trains_with_the_attention_it_started_with(tmp_path):
-    from transformers.models.bert.modeling_bert import BertSdpaSelfAttention, BertSelfAttention
-
-    folder = tmp_path / resume.CHECKPOINT_DIR
-    state = tiny_state(0)
-    state.step = 1
-    resume.Checkpointer(folder, FINGERPRINT, every_minutes=10).save(resume.TRAIN, state)
-    kinds = {}
-    for attention in ("eager", None):
-        again = resume.Checkpointer(folder, FINGERPRINT, every_minutes=10, attn_implementation=attention)
-        again.open()
-        model = again.load_model()
-        kinds[attention] = type(model.bert.encoder.layer[0].attention.self)
-        assert same(model.state_dict(), state.model.state_dict())
-    assert kinds == {"eager": BertSelfAttention, None: BertSdpaSelfAttention}
