@@ -173,16 +173,14 @@ def deployable_model(model: PreTrainedModel) -> PdaBertForSequenceClassification
     return deployable.to(device).eval()
 
 
-def load_model(model_dir: str | os.PathLike, attn_implementation: str | None = None) -> PreTrainedModel:
+def load_model(model_dir: str | os.PathLike) -> PreTrainedModel:
     """Rebuild the model saved by ``save_model`` (adapters activated, pruned shape applied), in eval mode.
 
     Parameters come back with ``requires_grad=True``; re-freeze (e.g. ``train_adapter``) to train again.
-    ``attn_implementation``: transformers' attention (``eager`` to train on CPU); None, its default.
     """
     model_dir = Path(model_dir)
     config = stock_config(model_dir)
-    kwargs = {"attn_implementation": attn_implementation} if attn_implementation is not None else {}
-    model = AutoModelForSequenceClassification.from_config(config, **kwargs)
+    model = AutoModelForSequenceClassification.from_config(config)
     adapter = getattr(config, "pda_adapter", None)
     if adapter:
         import adapters  # only needed for adapted models

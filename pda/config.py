@@ -41,7 +41,6 @@ STUDY_WIDE = ("study_name", "output_dir", "tasks", "custom_tasks", "overrides")
 # A scenario's budget may differ, not the grid it belongs to nor the data and model every scenario shares.
 PER_TASK_ONLY = ("scenarios", "sparsities", "seeds", "model", "online", "data_dir")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # see pda.precision
-ATTENTIONS = ("auto", "eager", "sdpa")  # the attention kernel models train with, see pda.models.training_attention
 CONTROLLERS = ("projection", "lagrangian")  # see pda.pruning.control
 GATE_INITS = ("importance", "cofi")  # see pda.pruning.importance
 # Where a model's speed is measured (pda.backends): torch eager fp32 / bf16 autocast, ONNX Runtime fp32 / INT8.
@@ -66,9 +65,6 @@ class TrainingConfig:
     log_every_steps: int = 10
     group_by_length: bool = True  # batches of similar length: less padding, same examples per epoch
     swap_pairs: bool = False  # order-free pair tasks (MRPC, QQP, STS-B): each training pair also in the other order
-    # auto: eager attention on CPU, torch's SDPA elsewhere (pda.models.training_attention). Only how fast a step
-    # runs: the same dropout masks and the same numbers up to rounding, as with thread counts.
-    attention: str = dataclasses.field(default="auto", metadata=NOT_FINGERPRINTED)
 
 
 @dataclasses.dataclass
@@ -340,9 +336,6 @@ def _check_settings(cfg: StudyConfig) -> None:
         raise ConfigError(f"device={cfg.device!r} is not valid; use one of auto, cpu, cuda")
     if cfg.precision not in PRECISIONS:
         raise ConfigError(f"precision={cfg.precision!r} is not valid; use one of {', '.join(PRECISIONS)}")
-    if cfg.training.attention not in ATTENTIONS:
-        raise ConfigError(f"training.attention={cfg.training.attention!r} is not valid; use one of "
-                          f"{', '.join(ATTENTIONS)}")
     for name in ("max_train_samples", "max_eval_samples", "torch_threads"):
         value = getattr(cfg, name)
         if value is not None:

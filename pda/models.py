@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
 from pda.config import EMBEDDED_MODEL
@@ -30,19 +29,6 @@ def resolve_model_source(model: str) -> str:
     return str(embedded_model_dir()) if model == EMBEDDED_MODEL else model
 
 
-def training_attention(setting: str, device: torch.device) -> str:
-    """The attention implementation models train with (``training.attention``).
-
-    ``auto`` is ``eager`` on CPU: with dropout, torch's SDPA runs its unfused math path there, and the
-    eager layer took 8 % less time per MRPC training step (bf16, one thread) with the same dropout masks
-    and the same numbers up to rounding. Elsewhere ``sdpa`` (fused GPU kernels). Saved models do not
-    keep it: whoever loads one gets transformers' default.
-    """
-    if setting == "auto":
-        return "eager" if device.type == "cpu" else "sdpa"
-    return setting
-
-
 def load_tokenizer(model: str):
     return AutoTokenizer.from_pretrained(resolve_model_source(model))
 
@@ -53,13 +39,10 @@ def task_head_prefixes(model: PreTrainedModel, with_pooler: bool) -> tuple[str, 
     return ("classifier.", f"{model.base_model_prefix}.pooler.") if with_pooler else ("classifier.",)
 
 
-def load_pretrained_for_task(model: str, task: TaskSpec, attn_implementation: str | None = None) -> PreTrainedModel:
+def load_pretrained_for_task(model: str, task: TaskSpec) -> PreTrainedModel:
     """The pretrained encoder with a fresh head for ``task`` (regression head for STS-B); a study's own
-    classification task names its classes in the model's config (``id2label``), as its file spells them.
-    ``attn_implementation``: transformers' (e.g. ``eager`` to train on CPU); None, its default."""
+    classification task names its classes in the model's config (``id2label``), as its file spells them."""
     kwargs: dict = {"num_labels": task.num_labels}
-    if attn_implementation is not None:
-        kwargs["attn_implementation"] = attn_implementation
     if task.is_regression:
         kwargs["problem_type"] = "regression"
     elif task.group == CUSTOM_GROUP:

@@ -24,9 +24,7 @@ from pda.data import load_split, locate_task, subsample, tokenize, transfer_rows
 from pda.export import evaluate_session
 from pda.metrics import predictions_from_logits, task_metrics
 from pda.precision import autocast, precision_info, resolve_precision
-from pda.models import (
-    load_pretrained_for_task, load_tokenizer, resolve_model_source, task_head_prefixes, training_attention,
-)
+from pda.models import load_pretrained_for_task, load_tokenizer, resolve_model_source, task_head_prefixes
 from pda.records import RunRecord, atomic_write_text, write_record
 from pda.runs import MODEL_DIR, RunSpec, dependencies, is_done, move_aside, parent_of, run_dir, run_state, teacher_of
 from pda.tasks import CUSTOM_GROUP, TaskSpec, spec_to_dict
@@ -224,7 +222,7 @@ def _fill(cache: distill.TeacherLogitCache, teacher: torch.nn.Module, rows, toke
         cache.fill(teacher, loader)
 
 
-def load_run_model(cfg: RunConfig, spec: RunSpec, attn_implementation: str | None = None) -> torch.nn.Module:
+def load_run_model(cfg: RunConfig, spec: RunSpec) -> torch.nn.Module:
     """The saved model of a finished run this run depends on (its teacher or parent), made from today's inputs."""
     rid = spec.run_id
     if not is_done(cfg.study, rid, fingerprint.fingerprint(cfg.other(spec.task, spec.scenario, spec.sparsity,
@@ -232,34 +230,29 @@ def load_run_model(cfg: RunConfig, spec: RunSpec, attn_implementation: str | Non
         raise FileNotFoundError(f"run {cfg.task}/{cfg.scenario} needs run {rid!r} first, made from the current "
                                 f"settings; expected {run_dir(cfg.study, rid)}/result.json with a matching "
                                 "fingerprint (run the study, which orders them)")
-    return checkpoint.load_model(run_dir(cfg.study, rid) / MODEL_DIR, attn_implementation)
+    return checkpoint.load_model(run_dir(cfg.study, rid) / MODEL_DIR)
 
 
 def run_spec(cfg: RunConfig) -> RunSpec:
     return RunSpec(cfg.task, cfg.scenario, cfg.sparsity, cfg.seed)
 
 
-def build_model(cfg: RunConfig, data: TaskData, attn_implementation: str | None = None,
-                ) -> tuple[torch.nn.Module, torch.nn.Module | None, float]:
-    """The model this scenario trains, the teacher it distils from (or None), and its learning rate.
-
-    ``attn_implementation`` (``models.training_attention``): the trained model's and the teacher's attention;
-    a distilled student copies its teacher's.
-    """
+def build_model(cfg: RunConfig, data: TaskData) -> tuple[torch.nn.Module, torch.nn.Module | None, float]:
+    """The model this scenario trains, the teacher it distils from (or None), and its learning rate."""
     flags, study, spec = cfg.flags, cfg.study, run_spec(cfg)
     teacher = None
     if cfg.uses_teacher_loss:
-        teacher = load_run_model(cfg, teacher_of(spec), attn_implementation)
+        teacher = load_run_model(cfg, teacher_of(spec))
         teacher.eval().requires_grad_(False)
     if flags["prune"] and flags["distill"]:
-        model = load_run_model(cfg, parent_of(spec), attn_implementation)  # the distilled student
+        model = load_run_model(cfg, parent_of(spec))  # the distilled student
     elif flags["distill"]:
         layers = distill.resolve_student_layers(study.distill.student_layers, teacher.config.num_hidden_layers)
         model = distill.make_student(teacher, layers)
     elif flags["prune"]:
-        model = load_run_model(cfg, teacher_of(spec), attn_implementation)
+        model = load_run_model(cfg, teacher_of(spec))
     else:
-        model = load_pretrained_for_task(study.model, data.task, attn_implementation)
+        model = load_pretrained_for_task(study.model, data.task)
     model.requires_grad_(True)
     lr = study.training.learning_rate
     if flags["adapters"]:
@@ -275,12 +268,10 @@ def build_model(cfg: RunConfig, data: TaskData, attn_implementation: str | None 
     return model, teacher, lr
 
 
-def environment_info(device: torch.device, requested: str, precision: str, attention: str | None = None,
-                     ) -> dict[str, Any]:
+def environment_info(device: torch.device, requested: str, precision: str) -> dict[str, Any]:
     name = measure.device_name(device)
     return {
         "device": device.type, "device_name": name, "torch_threads": torch.get_num_threads(),
-        **({"training_attention": attention} if attention else {}),
         **precision_info(requested, precision, device), "torch": torch.__version__,
         "transformers": transformers.__version__, "python": platform.python_version(),
     }
@@ -308,21 +299,19 @@ def run(cfg: RunConfig, with_dependencies: bool = False) -> RunRecord:
         torch.set_num_threads(study.torch_threads)
     device = pick_device(study.device)
     precision = resolve_precision(study.precision, device)
-    attention = training_attention(study.training.attention, device)
     seed_everything(cfg.seed)
     spec = run_spec(cfg)
     out = run_dir(study, spec.run_id)
     out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out / TEACHER_LOGITS_DIR, ignore_errors=True)  # an earlier model's, if this folder held one
-    checkpoints = resume.Checkpointer(out / resume.CHECKPOINT_DIR, run_fingerprint, study.checkpoint_every_minutes,
-                                      attn_implementation=attention)
+    checkpoints = resume.Checkpointer(out / resume.CHECKPOINT_DIR, run_fingerprint, study.checkpoint_every_minutes)
     opened = checkpoints.open()  # an earlier attempt's checkpoint of this run, if its inputs were the same
     if opened:
         print(opened)
     tokenizer = load_tokenizer(study.model)
     data = prepare_data(cfg, tokenizer)
     t = study.training
-    model, teacher, lr = build_model(cfg, data, attention)
+    model, teacher, lr = build_model(cfg, data)
     model.to(device)  # before anything attaches to it (gates, distiller) or evaluates it, even with 0 steps
     logits = None
     if data.transfer_from is not None:  # the transfer set's labels: the teacher's, through the shared logit file
@@ -367,7 +356,7 @@ def run(cfg: RunConfig, with_dependencies: bool = False) -> RunRecord:
         train_time_s=round(history.train_time_s, 3), eval_time_s=round(eval_time, 3), train_steps=history.steps,
         energy={"train": train_energy.to_dict() if train_energy else None,
                 "inference": inf_energy.to_dict() if inf_energy else None},
-        environment=environment_info(device, study.precision, precision, attention), fingerprint=run_fingerprint,
+        environment=environment_info(device, study.precision, precision), fingerprint=run_fingerprint,
         notes=checkpoints.notes(), **sizes, **record_extra,
     )
     record.notes.extend(notes)

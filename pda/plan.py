@@ -239,7 +239,7 @@ def time_training_steps(cfg: StudyConfig, model: str, threads: int, steps: int =
     import torch
     import transformers
 
-    from pda.models import load_pretrained_for_task, load_tokenizer, training_attention
+    from pda.models import load_pretrained_for_task, load_tokenizer
     from pda.precision import autocast, resolve_precision
     from pda.train import pick_device
 
@@ -259,8 +259,7 @@ def time_training_steps(cfg: StudyConfig, model: str, threads: int, steps: int =
                 length = float(effective_settings(cfg, name).max_seq_length)
                 missing.append(name)
             lengths[name] = length
-            attention = training_attention(for_run(cfg, name, "FT", None, 0).study.training.attention, device)
-            net = load_pretrained_for_task(model, task, attention).to(device).train()
+            net = load_pretrained_for_task(model, task).to(device).train()
             optimizer = torch.optim.AdamW(net.parameters(), lr=1e-5, fused=device.type in ("cpu", "cuda"))
             gen = torch.Generator().manual_seed(0)
             ids = torch.randint(1000, net.config.vocab_size, (batch_size, round(length)), generator=gen)

@@ -183,9 +183,8 @@ class Checkpointer:
     """
 
     def __init__(self, directory: Path, fingerprint: dict[str, Any], every_minutes: float,
-                 clock: Callable[[], float] = time.monotonic, attn_implementation: str | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.directory = Path(directory)
-        self.attn_implementation = attn_implementation  # a resumed model trains with the attention it started with
         self.fingerprint, self.every_s, self.clock = fingerprint, every_minutes * 60.0, clock
         self.carry: dict[str, Any] = {}
         self.latest: dict[str, Any] | None = None  # state.json of the checkpoint on disk (without its tree)
@@ -246,8 +245,7 @@ class Checkpointer:
 
     def load_model(self) -> torch.nn.Module:
         """The resumed checkpoint's model, rebuilt in its saved shape (pruned, adapted); CPU, eval mode."""
-        self._model = checkpoint.load_model(self.directory / self.resume_point["name"] / MODEL_DIR,
-                                            self.attn_implementation)
+        self._model = checkpoint.load_model(self.directory / self.resume_point["name"] / MODEL_DIR)
         return self._model
 
     def restore(self, phase: str, state: LoopState) -> bool:

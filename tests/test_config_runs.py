@@ -83,7 +83,7 @@ def test_the_own_task_template_runs_sst2_s_recipes_with_the_default_study_s_sett
         ({"sparsities": ["0.5"]}, r"sparsity must be a number, got '0.5'"),
         ({"data_dir": "/nonexistent/glue"}, r"data_dir '/nonexistent/glue' does not exist"),
         ({"epochs": 3}, r"unknown parameter\(s\) epochs; valid keys here: \["),
-        ({"training": {"epoch": 3}}, r"unknown parameter\(s\) training.epoch; valid keys here: \['attention', 'batch_size'"),
+        ({"training": {"epoch": 3}}, r"unknown parameter\(s\) training.epoch; valid keys here: \['batch_size'"),
         ({"overrides": {"GLUE mid": {}}}, r"overrides key 'GLUE mid' is not a group"),
         ({"overrides": {"mrpc": {"training": {"lr": 1}}}}, r"overrides\[mrpc\].training.lr"),
         ({"device": "tpu"}, r"device='tpu' is not valid; use one of auto, cpu, cuda"),
