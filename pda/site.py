@@ -70,10 +70,9 @@ def run_notebooks(runs_dir: Path, run_ids: Iterable[str] | None = None) -> tuple
     return kept, len(folders) - len(kept)
 
 
-def runs_index(runs_dir: Path, run_ids: Iterable[str] | None = None) -> str:
-    """Markdown: every run that has an executed notebook (of ``run_ids`` if given: one study's in a folder
-    that may hold others'), with its headline numbers and a link to its page."""
-    notebooks, others = run_notebooks(runs_dir, run_ids)
+def runs_index(notebooks: list[Path], others: int = 0) -> str:
+    """Markdown: the runs ``notebooks`` (their folders, from ``run_notebooks``) with their headline numbers and
+    a link to each page; ``others``: the folder's runs of other studies, counted, not listed."""
     done = [d for d in notebooks if (d / RESULT_FILE).is_file()]
     failed = [d for d in notebooks if not (d / RESULT_FILE).is_file()]
     parts = ["## Every run's notebook", ""]
@@ -103,7 +102,8 @@ def write_site(output_dir: Path, run_ids: Iterable[str] | None = None) -> Path:
     """
     output_dir = Path(output_dir)
     runs_dir = output_dir / "runs"
-    for folder in run_notebooks(runs_dir, run_ids)[0]:
+    notebooks, others = run_notebooks(runs_dir, run_ids)
+    for folder in notebooks:
         notebook = folder / "notebook.ipynb"
         page = render_html(nbformat.read(notebook, as_version=4), folder.name,
                            before=f"[← all results of the study](../../{INDEX})")
@@ -115,7 +115,7 @@ def write_site(output_dir: Path, run_ids: Iterable[str] | None = None) -> Path:
         nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(
             f"# Study results\n\nThe analysis notebook (`{ANALYSIS_NOTEBOOK.as_posix()}`) has not run yet.")])
     index = output_dir / INDEX
-    atomic_write_text(index, render_html(nb, "PDA study: results", after=runs_index(runs_dir, run_ids)))
+    atomic_write_text(index, render_html(nb, "PDA study: results", after=runs_index(notebooks, others)))
     return index
 
 
