@@ -119,13 +119,15 @@ def write_site(output_dir: Path, run_ids: Iterable[str] | None = None) -> Path:
     return index
 
 
-def site_note(output_dir: Path, run_ids: Iterable[str] | None = None) -> str:
+def site_note(output_dir: Path, run_ids: Iterable[str] | None = None, params_file: Path | None = None) -> str:
     """Write the pages and say where they are; a rendering error is reported, never raised, so that
-    the study that just ran still reports its runs."""
+    the study that just ran still reports its runs, with the command that renders them again."""
     try:
         return f"results for reading without Jupyter: {write_site(output_dir, run_ids)}"
     except Exception as exc:  # noqa: BLE001 - the study's outcomes matter more than its HTML
-        return f"could not render {Path(output_dir) / INDEX}: {type(exc).__name__}: {exc} (retry: python -m pda.site)"
+        retry = f"--params {params_file}" if params_file is not None else str(output_dir)
+        return (f"could not render {Path(output_dir) / INDEX}: {type(exc).__name__}: {exc} "
+                f"(retry: python -m pda.site {retry})")
 
 
 def main(argv: list[str] | None = None) -> int:

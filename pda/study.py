@@ -300,7 +300,7 @@ def run_study(params_file: Path, workers: int = 0, scheduler: Any = None, kernel
         outcomes.extend(run_deferred_timing(cfg, specs))
         if analysis:
             outcomes.extend(run_analysis(params_file, cfg, kernel_name, kernel))
-            print(site.site_note(Path(cfg.output_dir), [spec.run_id for spec in specs]), flush=True)
+            print(site.site_note(Path(cfg.output_dir), [spec.run_id for spec in specs], params_file), flush=True)
     finally:
         if kernel is not None:
             kernel.close()

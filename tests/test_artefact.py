@@ -259,4 +259,7 @@ def test_site_without_an_analysis_or_runs_still_renders_and_a_failure_is_reporte
     index = site.write_site(tmp_path).read_text(encoding="utf-8")
     assert "has not run yet" in index and 'href="runs/x-FT-seed0/notebook.html"' in index and "failed" in index
     (tmp_path / "runs" / "x-FT-seed0" / "notebook.ipynb").write_text("{not json")
-    assert site.site_note(tmp_path).startswith("could not render")
+    note = site.site_note(tmp_path)
+    assert note.startswith("could not render") and note.endswith(f"(retry: python -m pda.site {tmp_path})")
+    params = tmp_path / "study.yaml"
+    assert site.site_note(tmp_path, params_file=params).endswith(f"(retry: python -m pda.site --params {params})")
