@@ -69,7 +69,8 @@ def test_step_estimates_match_hand_computation(glue_dir):
     assert estimate_run(smoke, RunSpec("mrpc", "P", 0.6, 0)).train_steps == (64 // 16) * (2 + 1)
     default = ROOT / "parameters" / "default.yaml"
     if default.exists():  # overrides: FT on all 3668 rows for 3 epochs, A (up to 4000) on all 3668 for 2, D for 3
-        # on a transfer set too (mrpc/D), P on 1600 rows for 1 pruning epoch + 2 fine-tuning epochs, 6 at 90 % (sp90)
+        # on a transfer set too (mrpc/D), P+A on 1600 rows for 1 pruning epoch + 2 fine-tuning epochs, P at 90 % 6 (sp90),
+        # P at 60 % on all rows (mrpc/P/sp60)
         cfg = load_params(default, data_dir=str(glue_dir))
         assert estimate_run(cfg, RunSpec("mrpc", "FT", None, 0)).train_steps == math.ceil(3668 / 32) * 3
         assert estimate_run(cfg, RunSpec("mrpc", "A", None, 0)).train_steps == math.ceil(3668 / 32) * 2
@@ -81,8 +82,9 @@ def test_step_estimates_match_hand_computation(glue_dir):
         assert stsb_d.train_rows == 5749 + 3668 + 2490
         d_a = estimate_run(cfg, RunSpec("mrpc", "D+A", None, 0))  # the same set, each task capped at D+A's 4,000 rows
         assert (d_a.train_rows, d_a.train_steps) == (3668 + 4000 + 2490, math.ceil(10158 / 32) * 2)
-        assert estimate_run(cfg, RunSpec("mrpc", "P", 0.6, 0)).train_steps == math.ceil(1600 / 32) * (1 + 2)
+        assert estimate_run(cfg, RunSpec("mrpc", "P+A", 0.6, 0)).train_steps == math.ceil(1600 / 32) * (1 + 2)
         assert estimate_run(cfg, RunSpec("mrpc", "P", 0.9, 0)).train_steps == math.ceil(1600 / 32) * (1 + 6)
+        assert estimate_run(cfg, RunSpec("mrpc", "P", 0.6, 0)).train_steps == math.ceil(3668 / 32) * (1 + 2)  # mrpc/P/sp60
 
 
 def test_makespan_waits_for_dependencies_and_uses_the_workers(make_params):
