@@ -65,6 +65,9 @@ class TrainingConfig:
     log_every_steps: int = 10
     group_by_length: bool = True  # batches of similar length: less padding, same examples per epoch
     swap_pairs: bool = False  # order-free pair tasks (MRPC, QQP, STS-B): each training pair also in the other order
+    # False: the word embeddings keep the weights the run starts from (a student keeps its teacher's). They are
+    # half of a small BERT's weights, and their dense gradient and optimiser update are paid every step.
+    train_word_embeddings: bool = True
 
 
 @dataclasses.dataclass
@@ -395,7 +398,8 @@ def _check_settings(cfg: StudyConfig) -> None:
     _check_number("measure.threads", m.threads, 1, integer=True)
     _check_type("measure.country_iso_code", m.country_iso_code, str, "a 3-letter ISO country code such as 'DNK'")
     for name, value in (("online", cfg.online), ("training.group_by_length", t.group_by_length),
-                        ("training.swap_pairs", t.swap_pairs), ("adapters.train_layer_norms", a.train_layer_norms),
+                        ("training.swap_pairs", t.swap_pairs), ("training.train_word_embeddings", t.train_word_embeddings),
+                        ("adapters.train_layer_norms", a.train_layer_norms),
                         ("adapters.train_pooler", a.train_pooler),
                         ("pruning.prune_hidden", p.prune_hidden), ("pruning.distill_from_teacher", p.distill_from_teacher),
                         ("distill.layer_distill", d.layer_distill),

@@ -131,6 +131,8 @@ def run_settings(cfg: RunConfig) -> dict[str, Any]:
     if cfg.study.measure.timing == "after_study":  # the study times the model later: the run's record never sees these
         for key in TIMING_ONLY:
             out["measure"].pop(key)
+    if out["training"]["train_word_embeddings"]:  # the default: a run's inputs are what they were before the setting
+        out["training"].pop("train_word_embeddings")
     flags = cfg.flags
     if not flags["prune"]:
         out.pop("pruning")

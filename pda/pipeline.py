@@ -28,7 +28,8 @@ from pda.models import load_pretrained_for_task, load_tokenizer, resolve_model_s
 from pda.records import RunRecord, atomic_write_text, write_record
 from pda.runs import MODEL_DIR, RunSpec, dependencies, is_done, move_aside, parent_of, run_dir, run_state, teacher_of
 from pda.tasks import CUSTOM_GROUP, TaskSpec, spec_to_dict
-from pda.train import fit, make_loader, model_inputs, pick_device, predict, seed_everything, task_loss
+from pda.train import (fit, keep_word_embeddings, make_loader, model_inputs, pick_device, predict, seed_everything,
+                       task_loss)
 
 
 def configure_environment(online: bool) -> None:
@@ -254,6 +255,8 @@ def build_model(cfg: RunConfig, data: TaskData) -> tuple[torch.nn.Module, torch.
     else:
         model = load_pretrained_for_task(study.model, data.task)
     model.requires_grad_(True)
+    if not study.training.train_word_embeddings:
+        keep_word_embeddings(model)
     lr = study.training.learning_rate
     if flags["adapters"]:
         from pda import adapters as pda_adapters  # the adapters library takes seconds to import: only when used

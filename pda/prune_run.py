@@ -14,7 +14,7 @@ from pda.pruning import L0Pruner, attach_gates, export_pruned, structure_sparsit
 from pda.pruning.control import project_
 from pda.pruning.importance import fisher_importance, init_gates_from_importance
 from pda.resume import FINETUNE, PRUNE, Checkpointer, DataCursor, LoopState
-from pda.train import History, LossFn, fit, total_steps
+from pda.train import History, LossFn, fit, keep_word_embeddings, total_steps
 
 
 class PruningExtension:
@@ -104,6 +104,8 @@ def prune_and_export(model: torch.nn.Module, loader: DataLoader, cfg: RunConfig,
         from pda import adapters as pda_adapters
 
         pda_adapters.freeze_for_adapters(model, cfg.study.adapters)  # export may create fresh layers that would train
+    if not cfg.study.training.train_word_embeddings:  # a model loaded from the fine-tune's checkpoint trains all
+        keep_word_embeddings(model)
     tuned = fit(model, loader, epochs=p.finetune_epochs, learning_rate=cfg.finetune_learning_rate or lr,
                 loss_fn=loss_fn, extensions=others,
                 desc=f"fine-tune pruned {cfg.task} {cfg.scenario}",

@@ -61,6 +61,12 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def keep_word_embeddings(model: torch.nn.Module) -> None:
+    """Freeze the word embeddings (``training.train_word_embeddings: false``): half of a small BERT's weights,
+    whose dense gradient, clipping and AdamW update every step pays for even though a batch uses few rows."""
+    model.get_input_embeddings().weight.requires_grad_(False)
+
+
 def make_loader(ds, tokenizer, batch_size: int, shuffle: bool, seed: int,
                 group_by_length: bool = False) -> DataLoader:
     """Dynamic padding; a seeded generator makes the shuffle order part of the run's seed.

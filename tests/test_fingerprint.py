@@ -231,6 +231,9 @@ def test_fingerprint_ignores_grid_paths_names_threads_and_checkpoint_interval(ma
     ({"distill": {"alpha": 0.9}}, {"D", "P+D"}),
     ({"adapters": {"learning_rate": 1e-4}}, {"A", "base"}),
     ({"adapters": {"train_pooler": False}}, {"A", "base"}),  # the probe trains A's head
+    ({"overrides": {"D": {"training": {"train_word_embeddings": False}}}}, {"D", "P+D"}),  # and D's dependents
+    # the default said out loud changes nothing: records made before the setting existed stay valid
+    ({"overrides": {"FT": {"training": {"train_word_embeddings": True}}}}, set()),
 ])
 def test_a_changed_setting_changes_the_runs_that_see_it_and_their_dependents(make_params, changes, affected):
     base = load_params(make_params(**GRID))

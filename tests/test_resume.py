@@ -136,6 +136,25 @@ def test_pruned_distilled_adapter_run_killed_after_export_and_while_evaluating_e
     assert resumed_at(record.notes) == ["finetune step 0/3", "finetune step 3/3"]
 
 
+def test_a_pruned_run_that_keeps_its_teachers_word_embeddings_keeps_them_through_a_resumed_fine_tune(
+        reference, tmp_path, glue_dir):
+    """``training.train_word_embeddings: false``: the fine-tune reloads the exported model from its checkpoint,
+    which trains everything unless the run freezes the embeddings again; the rest of the model still trains."""
+    keep = {"overrides": {"P": {"training": {"train_word_embeddings": False}}}}
+    _, whole = study_in(tmp_path / "whole", glue_dir, reference, ("mrpc-FT-seed0",), **keep)
+    params, study = study_in(tmp_path / "killed", glue_dir, reference, ("mrpc-FT-seed0",), **keep)
+    record = run(whole, "P", 0.6)
+    kill(params, "P", 0.6, kill_at="finetune:1")  # no checkpoint since the export: resumes from the saved export
+    assert resumed_at(run(study, "P", 0.6).notes) == ["finetune step 0/3"]
+    assert_same_run(whole, study, "mrpc-P-sp60-seed0")
+    key = "bert.embeddings.word_embeddings.weight"
+    teacher, pruned, default = (load_file(run_dir(s, rid) / "model" / "model.safetensors") for s, rid in (
+        (reference, "mrpc-FT-seed0"), (study, "mrpc-P-sp60-seed0"), (reference, "mrpc-P-sp60-seed0")))
+    assert torch.equal(pruned[key], teacher[key]) and not torch.equal(default[key], teacher[key])
+    assert not torch.equal(pruned["classifier.weight"], teacher["classifier.weight"])
+    assert record.params["trainable"] == record.params["total"] - teacher[key].numel()
+
+
 class Crash(Exception):
     """Stands in for a kill where only the checkpoint matters, not how the process died."""
 

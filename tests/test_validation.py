@@ -156,6 +156,8 @@ def test_a_hub_task_is_reported_unchecked_not_pretended_checked(tmp_path, monkey
         ({"checkpoint_every_minutes": "10m"}, r"^checkpoint_every_minutes must be a number, got '10m'$"),
         ({"tasks": "mrpc"}, r"^tasks must be a list \(e.g. \['mrpc'\]\), got 'mrpc'$"),
         ({"measure": {"speed": "yes"}}, r"^measure.speed must be true or false, got 'yes'$"),
+        ({"overrides": {"D": {"training": {"train_word_embeddings": "no"}}}},
+         r"^overrides\[D\]: training.train_word_embeddings must be true or false, got 'no'$"),
         ({"distill": {"student_layers": [1, -1]}}, r"^distill.student_layers\[\]=-1 is outside"),
         ({"overrides": {"mrpc": {"scenarios": ["FT", "PDA"]}}},
          r"^overrides\[mrpc\]: unknown scenario\(s\) \['PDA'\]; valid scenarios: \['base'"),
